@@ -1,0 +1,29 @@
+"""The actor runtime and the container actor.
+
+Actors own a bounded mailbox and handle one message at a time. The container
+actor mirrors one container and runs its hooks through a `ContainerRuntime`.
+"""
+
+from __future__ import annotations
+
+from ._runtime import (
+    LABEL_PREFIX,
+    ContainerInfo,
+    ContainerRuntime,
+    ContainerSpec,
+    ContainerState,
+    EngineEvent,
+    ExecResult,
+    ImageInfo,
+)
+
+__all__ = [
+    "LABEL_PREFIX",
+    "ContainerInfo",
+    "ContainerRuntime",
+    "ContainerSpec",
+    "ContainerState",
+    "EngineEvent",
+    "ExecResult",
+    "ImageInfo",
+]

@@ -1,0 +1,321 @@
+"""Every error rolecall raises, in one tree.
+
+The tree lives in the lowest layer so that every layer above (actors,
+supervisor, runner) raises members of the same family, and a caller needs
+one ``except RolecallError`` to catch them all::
+
+    RolecallError
+    ├── ProtocolError               bytes or records that break the hook contract
+    │   ├── MessageDecodeError      garbled, truncated or wrongly shaped message
+    │   ├── MessageTooLargeError    a payload or result over its size limit
+    │   └── ProtocolVersionError    a peer that speaks another protocol version
+    ├── SpecError                   desired state that cannot be realised
+    │   └── UnsupportedTopologyError  the image's plan does not offer it
+    ├── EngineError                 the container engine refused or failed
+    │   ├── EngineUnavailableError  no engine answers on the address tried
+    │   ├── ContainerGoneError      the container vanished or stopped mid-call
+    │   ├── ImageNotFoundError      the image is not on the engine
+    │   └── ImageBuildError         an example image could not be built
+    ├── HookError                   a hook ran and did not succeed
+    │   ├── HookFailedError         exit code outside the protocol's classes
+    │   ├── HookUnsupportedError    the image does not implement that hook
+    │   ├── HookBadPayloadError     the hook rejected what rolecall sent (a bug)
+    │   ├── HookRetryLaterError     the hook asks to be run again later
+    │   └── HookTimeoutError        the hook ran past its deadline and was killed
+    ├── ActorError                  the actor runtime refused a message
+    │   ├── MailboxFullError        a bounded mailbox had no room
+    │   ├── ActorStoppedError       the actor is not running any more
+    │   └── AskTimeoutError         no reply came in time
+    └── FailoverError               no member can safely become primary
+
+Every error carries typed fields for what it is about; callers never parse
+messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorError",
+    "ActorStoppedError",
+    "AskTimeoutError",
+    "ContainerGoneError",
+    "EngineError",
+    "EngineUnavailableError",
+    "FailoverError",
+    "HookBadPayloadError",
+    "HookError",
+    "HookFailedError",
+    "HookRetryLaterError",
+    "HookTimeoutError",
+    "HookUnsupportedError",
+    "ImageBuildError",
+    "ImageNotFoundError",
+    "MailboxFullError",
+    "MessageDecodeError",
+    "MessageTooLargeError",
+    "ProtocolError",
+    "ProtocolVersionError",
+    "RolecallError",
+    "SpecError",
+    "UnsupportedTopologyError",
+]
+
+
+class RolecallError(Exception):
+    """Root of every error rolecall raises on purpose."""
+
+
+# -- protocol ---------------------------------------------------------------
+
+
+class ProtocolError(RolecallError):
+    """Bytes or records that break the hook protocol."""
+
+
+class MessageDecodeError(ProtocolError):
+    """A message could not be decoded into the record it should hold."""
+
+
+class MessageTooLargeError(ProtocolError):
+    """A message is larger than the protocol allows.
+
+    Attributes:
+        size: The size seen, in bytes.
+        limit: The limit it broke, in bytes.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class ProtocolVersionError(ProtocolError):
+    """A peer speaks a protocol version rolecall does not.
+
+    Attributes:
+        version: The version the peer announced.
+    """
+
+    def __init__(self, message: str, *, version: object) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+# -- desired state ----------------------------------------------------------
+
+
+class SpecError(RolecallError):
+    """Desired state that is invalid or cannot be realised.
+
+    Raised before any container is touched.
+
+    Attributes:
+        service: The service the spec describes, when known.
+    """
+
+    def __init__(self, message: str, *, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class UnsupportedTopologyError(SpecError):
+    """The image's ``plan`` does not offer the topology asked for.
+
+    Attributes:
+        topology: The topology asked for.
+        supported: The topologies the plan offers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None,
+        topology: str,
+        supported: tuple[str, ...],
+    ) -> None:
+        super().__init__(message, service=service)
+        self.topology = topology
+        self.supported = supported
+
+
+# -- engine -----------------------------------------------------------------
+
+
+class EngineError(RolecallError):
+    """The container engine refused a request or failed while serving it."""
+
+
+class EngineUnavailableError(EngineError):
+    """No engine answers at the address tried.
+
+    Attributes:
+        address: The socket path or URL that was tried.
+    """
+
+    def __init__(self, message: str, *, address: str) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class ContainerGoneError(EngineError):
+    """The container does not exist or stopped during the call.
+
+    Attributes:
+        container_id: The engine's id (or name) of the container.
+    """
+
+    def __init__(self, message: str, *, container_id: str) -> None:
+        super().__init__(message)
+        self.container_id = container_id
+
+
+class ImageNotFoundError(EngineError):
+    """The image is not present on the engine.
+
+    Attributes:
+        image: The image reference that was looked up.
+    """
+
+    def __init__(self, message: str, *, image: str) -> None:
+        super().__init__(message)
+        self.image = image
+
+
+class ImageBuildError(EngineError):
+    """An example image could not be built.
+
+    Attributes:
+        image: The image reference that was being built.
+    """
+
+    def __init__(self, message: str, *, image: str) -> None:
+        super().__init__(message)
+        self.image = image
+
+
+# -- hooks ------------------------------------------------------------------
+
+
+class HookError(RolecallError):
+    """A hook ran and did not succeed.
+
+    Attributes:
+        service: The service the member belongs to.
+        member: The member whose container ran the hook.
+        hook: The hook's name.
+        exit_code: The hook's exit code; ``None`` when the engine gave none.
+        stderr_tail: The last lines the hook wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        member: str,
+        hook: str,
+        exit_code: int | None,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.member = member
+        self.hook = hook
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+
+
+class HookFailedError(HookError):
+    """The hook exited with a failure code (or none at all)."""
+
+
+class HookUnsupportedError(HookError):
+    """The image does not implement the hook."""
+
+
+class HookBadPayloadError(HookError):
+    """The hook rejected the payload: rolecall sent something wrong."""
+
+
+class HookRetryLaterError(HookError):
+    """The hook asks to be run again later (for example, not ready yet)."""
+
+
+class HookTimeoutError(HookError):
+    """The hook ran past its deadline and its process was killed.
+
+    Attributes:
+        timeout: The deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        member: str,
+        hook: str,
+        timeout: float,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(
+            message,
+            service=service,
+            member=member,
+            hook=hook,
+            exit_code=None,
+            stderr_tail=stderr_tail,
+        )
+        self.timeout = timeout
+
+
+# -- actors -----------------------------------------------------------------
+
+
+class ActorError(RolecallError):
+    """The actor runtime could not deliver or answer a message.
+
+    Attributes:
+        actor: The name of the actor concerned.
+    """
+
+    def __init__(self, message: str, *, actor: str) -> None:
+        super().__init__(message)
+        self.actor = actor
+
+
+class MailboxFullError(ActorError):
+    """A bounded mailbox had no room for the message."""
+
+
+class ActorStoppedError(ActorError):
+    """The actor stopped before it could take or answer the message."""
+
+
+class AskTimeoutError(ActorError):
+    """No reply came before the ask's deadline.
+
+    Attributes:
+        timeout: The deadline in seconds.
+    """
+
+    def __init__(self, message: str, *, actor: str, timeout: float) -> None:
+        super().__init__(message, actor=actor)
+        self.timeout = timeout
+
+
+# -- supervision ------------------------------------------------------------
+
+
+class FailoverError(RolecallError):
+    """No member can safely become primary.
+
+    Attributes:
+        service: The service that lost its primary.
+    """
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service

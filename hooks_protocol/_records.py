@@ -1,0 +1,132 @@
+"""The records that cross the boundary between rolecall and a hook.
+
+A hook receives a `HookPayload` and answers with a `HookResult`. The result's
+``data`` map is free-form on the wire; `Plan` and `MemberStatus` are the typed
+readings of the ``plan`` and ``status`` hooks' data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+from ._vocabulary import PROTOCOL_VERSION, HookName, Role, Topology
+
+__all__ = [
+    "HookPayload",
+    "HookResult",
+    "MemberInfo",
+    "MemberStatus",
+    "Plan",
+]
+
+
+def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
+@frozen
+class MemberInfo:
+    """Who a member is, as the hooks see it.
+
+    Attributes:
+        id: Stable member id, unique within the service (``cache-1``).
+        role: The role the member holds or is asked to take.
+        address: ``host:port`` at which other members reach it.
+        epoch: The epoch of the last role command it was given.
+    """
+
+    id: str
+    role: Role | None
+    address: str
+    epoch: int = 0
+
+
+@frozen
+class HookPayload:
+    """Everything a hook is told when it runs.
+
+    Attributes:
+        hook: Which hook runs.
+        service: Name of the service the member belongs to.
+        member: The member the hook runs in.
+        members: Every member of the service, this one included.
+        config: The service's configuration from the spec.
+        env: Environment the spec gives the service (secrets included: the
+            payload never reaches a log).
+        request: What is asked, hook by hook (``role`` gets ``role``,
+            ``primary`` and ``epoch``; see the protocol document).
+        protocol: The protocol version of this payload.
+    """
+
+    hook: HookName
+    service: str
+    member: MemberInfo
+    members: tuple[MemberInfo, ...] = ()
+    config: dict[str, Any] = field(factory=dict, converter=_frozen_dict)
+    env: dict[str, str] = field(factory=dict, converter=_frozen_dict)
+    request: dict[str, Any] = field(factory=dict, converter=_frozen_dict)
+    protocol: int = PROTOCOL_VERSION
+
+
+@frozen
+class HookResult:
+    """What a hook answered.
+
+    Attributes:
+        data: The hook's answer; its shape depends on the hook.
+        message: A short human-readable note from the hook.
+        protocol: The protocol version the hook speaks.
+    """
+
+    data: dict[str, Any] = field(factory=dict, converter=_frozen_dict)
+    message: str = ""
+    protocol: int = PROTOCOL_VERSION
+
+
+@frozen
+class Plan:
+    """What an image says it can do (the ``plan`` hook's data).
+
+    Attributes:
+        roles: Roles the image can take.
+        topologies: Service shapes it supports.
+        behaviours: Extra abilities (``migratable``, ``backupable``).
+        ports: Container ports the service listens on; the first is the one
+            clients use.
+        data_paths: Paths inside the container that hold data worth keeping.
+        timeouts: Per-hook deadlines in seconds that override the defaults.
+    """
+
+    roles: frozenset[Role]
+    topologies: frozenset[Topology]
+    behaviours: frozenset[str] = frozenset()
+    ports: tuple[int, ...] = ()
+    data_paths: tuple[str, ...] = ()
+    timeouts: dict[HookName, float] = field(factory=dict)
+
+
+@frozen
+class MemberStatus:
+    """What a member reports about itself (the ``status`` hook's data).
+
+    Attributes:
+        role: The role the service inside the container actually holds.
+        healthy: Whether the service answers as it should.
+        replication_offset: How far the member's data has come, in the
+            service's own unit (Redis: the replication offset); the failover
+            candidate with the highest wins.
+        link_up: For a replica, whether its link to the primary is up;
+            ``None`` for other roles.
+        epoch: The last epoch the member applied.
+        details: Anything else the hook reports, shown by ``status``.
+    """
+
+    role: Role | None
+    healthy: bool
+    replication_offset: int = 0
+    link_up: bool | None = None
+    epoch: int = 0
+    details: dict[str, Any] = field(factory=dict, converter=_frozen_dict)

@@ -1,0 +1,1 @@
+"""The hook-author SDK, shipped as a single file to copy into images."""

@@ -1,0 +1,1 @@
+"""Recipes of the example images (package data: Dockerfiles and hooks)."""
