@@ -1,0 +1,295 @@
+"""Turn the difference between desired and observed state into ordered steps.
+
+Everything here is pure: it reads records and returns records, so every rule
+is tested without a container. The service controller executes the steps in
+order and observes again; a step that fails ends the pass, and the next pass
+plans afresh from what is then observed.
+
+The rules, in the order they are applied:
+
+1. A member whose container runs but whose hooks have not prepared it
+   (``plan``, ``configure``, ``start``) is prepared first.
+2. Exactly one member may take writes (the *writer*: ``standalone`` or
+   ``primary``). When the writer's container is gone, the writer is fenced
+   (killed and kept down) *before* anyone is promoted, and the synced replica
+   with the highest replication offset is promoted. A replica that never
+   completed a sync is never promoted: it holds no data.
+3. With no synced replica, a dead writer is restarted in place: its volume
+   holds the only copy of the data.
+4. Replicas follow the writer; missing replicas are created, dead replicas
+   are restarted in place (their volume shortens the resync), superseded
+   writers and surplus members are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from attrs import frozen
+
+from rolecall.hooks_protocol import Role, Topology
+
+from ._spec import ServiceSpec
+
+__all__ = [
+    "ApplyRole",
+    "CreateMember",
+    "FenceMember",
+    "ObservedMember",
+    "PrepareMember",
+    "RemoveMember",
+    "RestartMember",
+    "Step",
+    "choose_primary",
+    "plan_steps",
+]
+
+_WRITER_ROLES = frozenset({Role.STANDALONE, Role.PRIMARY})
+
+
+@frozen
+class ObservedMember:
+    """One member as the controller last saw it.
+
+    Attributes:
+        id: Member id (``cache-2``).
+        number: The member's ordinal within the service; ids are never
+            reused, so it also orders members by age.
+        alive: Whether its container runs.
+        ready: Whether ``plan``, ``configure`` and ``start`` succeeded since
+            its container last started.
+        role: The role last applied with success; ``None`` before any.
+        primary: For a replica: the member it follows.
+        offset: Replication offset from its last ``status``.
+        synced: Whether it holds the service's data (a replica that
+            completed a sync, or any writer).
+        fenced: Whether its container was killed on purpose to keep it from
+            taking writes.
+    """
+
+    id: str
+    number: int
+    alive: bool
+    ready: bool = False
+    role: Role | None = None
+    primary: str | None = None
+    offset: int = 0
+    synced: bool = False
+    fenced: bool = False
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether the member was last told to take writes."""
+        return self.role in _WRITER_ROLES
+
+
+@frozen
+class CreateMember:
+    """Create a new member's volume and container, then prepare it."""
+
+    member: str
+
+
+@frozen
+class RestartMember:
+    """Start a member's stopped container again, then prepare it."""
+
+    member: str
+
+
+@frozen
+class PrepareMember:
+    """Run ``plan``, ``configure`` and ``start`` in a running container."""
+
+    member: str
+
+
+@frozen
+class ApplyRole:
+    """Tell a member to take a role (``primary`` names whom to follow)."""
+
+    member: str
+    role: Role
+    primary: str | None = None
+
+
+@frozen
+class FenceMember:
+    """Kill a lost writer's container and keep it down before a promotion."""
+
+    member: str
+
+
+@frozen
+class RemoveMember:
+    """Stop a member's service, remove its container and its volume."""
+
+    member: str
+
+
+Step = (
+    CreateMember
+    | RestartMember
+    | PrepareMember
+    | ApplyRole
+    | FenceMember
+    | RemoveMember
+)
+
+
+def choose_primary(members: Iterable[ObservedMember]) -> ObservedMember | None:
+    """Pick the member to promote when the writer is lost.
+
+    Args:
+        members: Members to choose from.
+
+    Returns:
+        The alive, ready, synced replica with the highest offset (the oldest
+        on a tie); ``None`` when no member qualifies.
+    """
+    candidates = [
+        m
+        for m in members
+        if m.alive and m.ready and m.synced and m.role is Role.REPLICA
+    ]
+    if not candidates:
+        return None
+
+    return max(candidates, key=lambda m: (m.offset, -m.number))
+
+
+def plan_steps(
+    spec: ServiceSpec,
+    members: Sequence[ObservedMember],
+    *,
+    next_number: int,
+) -> list[Step]:
+    """Plan the steps that bring a service from observed to desired.
+
+    Args:
+        spec: The desired state.
+        members: Every member rolecall knows of, alive or not.
+        next_number: The ordinal the next new member gets.
+
+    Returns:
+        Steps to run in order; empty when the service has converged.
+    """
+    planner = _Planner(spec, list(members), next_number)
+    if spec.topology is Topology.STANDALONE:
+        planner.plan_standalone()
+    else:
+        planner.plan_redundant()
+
+    return planner.steps
+
+
+class _Planner:
+    """Accumulates the steps of one pass; short-lived, one per call."""
+
+    def __init__(
+        self, spec: ServiceSpec, members: list[ObservedMember], next_number: int
+    ) -> None:
+        self.spec = spec
+        self.members = sorted(members, key=lambda m: m.number)
+        self.next_number = next_number
+        self.steps: list[Step] = []
+
+    # -- topologies ---------------------------------------------------------
+
+    def plan_standalone(self) -> None:
+        writer = self._take_writer()
+        self._role(writer, Role.STANDALONE)
+        for member in self.members:
+            if member.id != writer:
+                self.steps.append(RemoveMember(member.id))
+
+    def plan_redundant(self) -> None:
+        writer = self._take_writer()
+        self._role(writer, Role.PRIMARY)
+        followers = 0
+        for member in self.members:
+            if member.id == writer:
+                continue
+
+            if followers >= self.spec.replicas or self._superseded(member):
+                self.steps.append(RemoveMember(member.id))
+                continue
+
+            self._revive(member)
+            if _needs_role(member, Role.REPLICA, writer):
+                self.steps.append(ApplyRole(member.id, Role.REPLICA, writer))
+
+            followers += 1
+
+        for _ in range(self.spec.replicas - followers):
+            member = self._create()
+            self.steps.append(ApplyRole(member, Role.REPLICA, writer))
+
+    # -- the writer ---------------------------------------------------------
+
+    def _take_writer(self) -> str:
+        """Return the member that will take writes, planning what it needs."""
+        alive_writers = [m for m in self.members if m.alive and m.is_writer]
+        if alive_writers:
+            writer = max(alive_writers, key=_writer_rank)
+            self._revive(writer)
+            return writer.id
+
+        lost = [m for m in self.members if m.is_writer]
+        successor = choose_primary(self.members)
+        if successor is not None:
+            for member in lost:
+                if not member.fenced:
+                    self.steps.append(FenceMember(member.id))
+            return successor.id
+
+        if lost:
+            # No replica holds the data: the lost writer's volume is the only
+            # copy, so bring that container back rather than start empty.
+            writer = max(lost, key=_writer_rank)
+            self._revive(writer)
+            return writer.id
+
+        fresh = [m for m in self.members if m.alive and m.role is None]
+        if fresh:
+            self._revive(fresh[0])
+            return fresh[0].id
+
+        return self._create()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _superseded(self, member: ObservedMember) -> bool:
+        """A writer that lost its place keeps no role worth reviving."""
+        return member.is_writer
+
+    def _revive(self, member: ObservedMember) -> None:
+        if not member.alive:
+            self.steps.append(RestartMember(member.id))
+        elif not member.ready:
+            self.steps.append(PrepareMember(member.id))
+
+    def _role(self, member_id: str, role: Role) -> None:
+        current = next((m for m in self.members if m.id == member_id), None)
+        if current is None or _needs_role(current, role, None):
+            self.steps.append(ApplyRole(member_id, role))
+
+    def _create(self) -> str:
+        member = f"{self.spec.name}-{self.next_number}"
+        self.next_number += 1
+        self.steps.append(CreateMember(member))
+
+        return member
+
+
+def _needs_role(member: ObservedMember, role: Role, primary: str | None) -> bool:
+    """Whether a role must be (re-)applied: a revived member needs it again."""
+    if not (member.alive and member.ready):
+        return True
+
+    return member.role is not role or member.primary != primary
+
+
+def _writer_rank(member: ObservedMember) -> tuple[bool, int, int]:
+    """Order writers: a primary over a standalone, then data, then age."""
+    return (member.role is Role.PRIMARY, member.offset, -member.number)

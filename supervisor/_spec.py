@@ -1,0 +1,163 @@
+"""Desired state: what a service should look like.
+
+A `ServiceSpec` is checked for shape when it is built (`validate_spec`) and
+against the image's plan before any container is touched (`check_plan`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+from rolecall.hooks_protocol import (
+    Plan,
+    Role,
+    SpecError,
+    Topology,
+    UnsupportedTopologyError,
+)
+
+__all__ = ["ServiceSpec", "check_plan", "roles_needed", "validate_spec"]
+
+_NAME = re.compile(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]+)*")
+_MAX_REPLICAS = 16
+
+
+def _topology(value: Topology | str) -> Topology:
+    try:
+        return Topology(value)
+    except ValueError:
+        known = ", ".join(t.value for t in Topology)
+        raise SpecError(f"unknown topology {value!r}: use one of {known}") from None
+
+
+def _plain_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
+@frozen
+class ServiceSpec:
+    """The desired shape of one service.
+
+    Attributes:
+        name: Service name: lower case letters, digits and dashes; it names
+            containers, volumes and the network.
+        image: Image reference of the members.
+        topology: ``standalone`` (one member) or ``redundant`` (a primary and
+            ``replicas`` replicas).
+        replicas: Replicas in the redundant topology.
+        config: Service configuration handed to every hook.
+        env: Environment handed to every hook.
+        secret_keys: Keys of ``env`` whose values never reach a log line.
+        memory_limit: Memory cap per member container, in bytes.
+    """
+
+    name: str
+    image: str
+    topology: Topology = field(default=Topology.STANDALONE, converter=_topology)
+    replicas: int = 1
+    config: dict[str, Any] = field(factory=dict, converter=_plain_dict)
+    env: dict[str, str] = field(factory=dict, converter=_plain_dict)
+    secret_keys: frozenset[str] = frozenset()
+    memory_limit: int | None = None
+
+    @property
+    def size(self) -> int:
+        """How many members the topology wants."""
+        if self.topology is Topology.STANDALONE:
+            return 1
+
+        return 1 + self.replicas
+
+
+def validate_spec(spec: ServiceSpec) -> ServiceSpec:
+    """Check a spec's own shape.
+
+    Args:
+        spec: The spec to check.
+
+    Returns:
+        The same spec, for chaining.
+
+    Raises:
+        SpecError: A field holds a value rolecall cannot act on.
+    """
+    if not _NAME.fullmatch(spec.name):
+        raise SpecError(
+            f"service name {spec.name!r} is not usable: use lower case letters,"
+            " digits and single dashes, starting with a letter (at most 40)",
+            service=spec.name,
+        )
+
+    if not spec.image.strip():
+        raise SpecError(
+            f"service {spec.name!r} names no image: set `image`",
+            service=spec.name,
+        )
+
+    if not 1 <= spec.replicas <= _MAX_REPLICAS:
+        raise SpecError(
+            f"service {spec.name!r} asks for {spec.replicas!r} replicas:"
+            f" use 1 to {_MAX_REPLICAS}",
+            service=spec.name,
+        )
+
+    if spec.memory_limit is not None and spec.memory_limit < 6 << 20:
+        raise SpecError(
+            f"service {spec.name!r} has memory_limit {spec.memory_limit!r}:"
+            " the engine needs at least 6 MiB (6291456 bytes)",
+            service=spec.name,
+        )
+
+    unknown_secrets = spec.secret_keys - spec.env.keys()
+    if unknown_secrets:
+        raise SpecError(
+            f"service {spec.name!r} marks {sorted(unknown_secrets)!r} secret"
+            " but its env has no such keys",
+            service=spec.name,
+        )
+
+    return spec
+
+
+def roles_needed(topology: Topology) -> frozenset[Role]:
+    """The roles a topology hands out."""
+    if topology is Topology.STANDALONE:
+        return frozenset({Role.STANDALONE})
+
+    return frozenset({Role.PRIMARY, Role.REPLICA})
+
+
+def check_plan(spec: ServiceSpec, plan: Plan) -> None:
+    """Check that the image's plan offers what the spec asks for.
+
+    Args:
+        spec: The desired state.
+        plan: What the image says it can do.
+
+    Raises:
+        UnsupportedTopologyError: The plan lacks the topology or a role it
+            needs.
+        SpecError: The plan declares no port for clients.
+    """
+    supported = tuple(sorted(t.value for t in plan.topologies))
+    missing_roles = roles_needed(spec.topology) - plan.roles
+    if spec.topology not in plan.topologies or missing_roles:
+        raise UnsupportedTopologyError(
+            f"image {spec.image!r} does not support topology"
+            f" {spec.topology.value!r} (its plan offers {list(supported)!r}):"
+            " pick one of those or an image that supports it",
+            service=spec.name,
+            topology=spec.topology.value,
+            supported=supported,
+        )
+
+    if not plan.ports:
+        raise SpecError(
+            f"image {spec.image!r} declares no port in its plan: its `plan`"
+            " hook must list the port clients use first",
+            service=spec.name,
+        )
