@@ -222,8 +222,8 @@ class _Planner:
             followers += 1
 
         for _ in range(self.spec.replicas - followers):
-            member = self._create()
-            self.steps.append(ApplyRole(member, Role.REPLICA, writer))
+            created = self._create()
+            self.steps.append(ApplyRole(created, Role.REPLICA, writer))
 
     # -- the writer ---------------------------------------------------------
 
