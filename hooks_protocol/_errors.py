@@ -26,7 +26,8 @@ one ``except RolecallError`` to catch them all::
     │   ├── MailboxFullError        a bounded mailbox had no room
     │   ├── ActorStoppedError       the actor is not running any more
     │   └── AskTimeoutError         no reply came in time
-    └── FailoverError               no member can safely become primary
+    ├── FailoverError               no member can safely become primary
+    └── ConvergenceTimeoutError     a service did not reach its desired state
 
 Every error carries typed fields for what it is about; callers never parse
 messages.
@@ -39,6 +40,7 @@ __all__ = [
     "ActorStoppedError",
     "AskTimeoutError",
     "ContainerGoneError",
+    "ConvergenceTimeoutError",
     "EngineError",
     "EngineUnavailableError",
     "FailoverError",
@@ -319,3 +321,26 @@ class FailoverError(RolecallError):
     def __init__(self, message: str, *, service: str) -> None:
         super().__init__(message)
         self.service = service
+
+
+class ConvergenceTimeoutError(RolecallError):
+    """A service did not reach its desired state in the time allowed.
+
+    Attributes:
+        service: The service that did not converge.
+        timeout: The time allowed, in seconds.
+        last_error: Why the last reconcile pass failed, if it did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        timeout: float,
+        last_error: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.timeout = timeout
+        self.last_error = last_error

@@ -53,6 +53,7 @@ class ServiceSpec:
         env: Environment handed to every hook.
         secret_keys: Keys of ``env`` whose values never reach a log line.
         memory_limit: Memory cap per member container, in bytes.
+        labels: Extra labels on everything the service creates.
     """
 
     name: str
@@ -63,6 +64,7 @@ class ServiceSpec:
     env: dict[str, str] = field(factory=dict, converter=_plain_dict)
     secret_keys: frozenset[str] = frozenset()
     memory_limit: int | None = None
+    labels: dict[str, str] = field(factory=dict, converter=_plain_dict)
 
     @property
     def size(self) -> int:
