@@ -7,6 +7,17 @@ same contract for hook authors.
 
 from __future__ import annotations
 
+from ._codec import (
+    decode_payload,
+    decode_result,
+    encode_payload,
+    encode_result,
+    payload_to_wire,
+    plan_from_data,
+    plan_to_data,
+    status_from_data,
+    status_to_data,
+)
 from ._errors import *  # noqa: F403  (the error tree is public as a whole)
 from ._errors import __all__ as _error_names
 from ._records import HookPayload, HookResult, MemberInfo, MemberStatus, Plan
@@ -52,4 +63,13 @@ __all__ = [  # noqa: PLE0604  (the error names are a list of str)
     "Role",
     "Topology",
     "classify_exit",
+    "decode_payload",
+    "decode_result",
+    "encode_payload",
+    "encode_result",
+    "payload_to_wire",
+    "plan_from_data",
+    "plan_to_data",
+    "status_from_data",
+    "status_to_data",
 ]
