@@ -6,6 +6,7 @@ actor mirrors one container and runs its hooks through a `ContainerRuntime`.
 
 from __future__ import annotations
 
+from ._docker import DockerRuntime, open_docker_runtime
 from ._runtime import (
     LABEL_PREFIX,
     ContainerInfo,
@@ -23,7 +24,9 @@ __all__ = [
     "ContainerRuntime",
     "ContainerSpec",
     "ContainerState",
+    "DockerRuntime",
     "EngineEvent",
     "ExecResult",
     "ImageInfo",
+    "open_docker_runtime",
 ]
