@@ -7,6 +7,7 @@ actor mirrors one container and runs its hooks through a `ContainerRuntime`.
 from __future__ import annotations
 
 from ._docker import DockerRuntime, open_docker_runtime
+from ._mailbox import DEFAULT_CAPACITY, Mailbox, MailboxStatistics, OverflowPolicy
 from ._runtime import (
     LABEL_PREFIX,
     ContainerInfo,
@@ -19,6 +20,7 @@ from ._runtime import (
 )
 
 __all__ = [
+    "DEFAULT_CAPACITY",
     "LABEL_PREFIX",
     "ContainerInfo",
     "ContainerRuntime",
@@ -28,5 +30,8 @@ __all__ = [
     "EngineEvent",
     "ExecResult",
     "ImageInfo",
+    "Mailbox",
+    "MailboxStatistics",
+    "OverflowPolicy",
     "open_docker_runtime",
 ]
