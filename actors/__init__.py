@@ -6,6 +6,15 @@ actor mirrors one container and runs its hooks through a `ContainerRuntime`.
 
 from __future__ import annotations
 
+from ._actor import (
+    Actor,
+    ActorRef,
+    ActorSpawner,
+    ActorState,
+    ActorStatistics,
+    ChildCrashed,
+    open_spawner,
+)
 from ._docker import DockerRuntime, open_docker_runtime
 from ._mailbox import DEFAULT_CAPACITY, Mailbox, MailboxStatistics, OverflowPolicy
 from ._runtime import (
@@ -22,6 +31,12 @@ from ._runtime import (
 __all__ = [
     "DEFAULT_CAPACITY",
     "LABEL_PREFIX",
+    "Actor",
+    "ActorRef",
+    "ActorSpawner",
+    "ActorState",
+    "ActorStatistics",
+    "ChildCrashed",
     "ContainerInfo",
     "ContainerRuntime",
     "ContainerSpec",
@@ -34,4 +49,5 @@ __all__ = [
     "MailboxStatistics",
     "OverflowPolicy",
     "open_docker_runtime",
+    "open_spawner",
 ]
