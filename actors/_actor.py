@@ -274,15 +274,15 @@ class ActorRef(Generic[M_contra]):
     _startup: _Ask | None = None
     # True while a task is scheduled or running to serve the mailbox. At
     # most one such task exists; an open mailbox holding messages has one.
-    _busy: bool = False
+    _busy: bool = field(default=False, init=False)
     # Handler runs that returned.
-    _handled: int = 0
+    _handled: int = field(default=0, init=False)
     # Handler, on_start and on_stop runs that raised.
-    _failed: int = 0
+    _failed: int = field(default=0, init=False)
     # Set when the actor ends; made by the first waiter, None until then.
-    _ended: anyio.Event | None = None
+    _ended: anyio.Event | None = field(default=None, init=False)
     # Id of the task serving the mailbox while one runs; None otherwise.
-    _server: int | None = None
+    _server: int | None = field(default=None, init=False)
 
     def __repr__(self) -> str:
         return f"<ActorRef {self._name!r} {self._state}>"
