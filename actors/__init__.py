@@ -15,7 +15,19 @@ from ._actor import (
     ChildCrashed,
     open_spawner,
 )
+from ._container_actor import (
+    ApplyRole,
+    ContainerActor,
+    ContainerMessage,
+    MemberPhase,
+    Prepare,
+    Probe,
+    RunHook,
+    ServiceView,
+    StopService,
+)
 from ._docker import DockerRuntime, open_docker_runtime
+from ._hooks import HookConvention, HookRun, run_hook, stderr_tail
 from ._mailbox import DEFAULT_CAPACITY, Mailbox, MailboxStatistics, OverflowPolicy
 from ._runtime import (
     LABEL_PREFIX,
@@ -36,18 +48,31 @@ __all__ = [
     "ActorSpawner",
     "ActorState",
     "ActorStatistics",
+    "ApplyRole",
     "ChildCrashed",
+    "ContainerActor",
     "ContainerInfo",
+    "ContainerMessage",
     "ContainerRuntime",
     "ContainerSpec",
     "ContainerState",
     "DockerRuntime",
     "EngineEvent",
     "ExecResult",
+    "HookConvention",
+    "HookRun",
     "ImageInfo",
     "Mailbox",
     "MailboxStatistics",
+    "MemberPhase",
     "OverflowPolicy",
+    "Prepare",
+    "Probe",
+    "RunHook",
+    "ServiceView",
+    "StopService",
     "open_docker_runtime",
     "open_spawner",
+    "run_hook",
+    "stderr_tail",
 ]

@@ -436,8 +436,11 @@ class DockerRuntime:
         if failure is not None:
             raise failure
 
+        # 126 and 127 are also what the runtime reports when it cannot start
+        # a process in a container that is dying, and >= 128 what a process
+        # killed with its container gets: in each case ask the container.
         broken = run.stream_error
-        if broken is not None or exit_code is None or exit_code >= 128:
+        if broken is not None or exit_code is None or exit_code >= 126:
             await self._check_running(cid)
 
         if broken is not None:
