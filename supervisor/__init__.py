@@ -1,5 +1,50 @@
-"""Desired state, the reconciler and the supervisor actor."""
+"""Desired state, the reconciler and the supervisor.
+
+`open_supervisor` runs the control plane inside the caller's event loop; a
+`ServiceSpec` says what a service should look like, and the supervisor makes
+it so and keeps it so.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
+from ._reconciler import (
+    ApplyRole,
+    CreateMember,
+    FenceMember,
+    ObservedMember,
+    PrepareMember,
+    RemoveMember,
+    RestartMember,
+    Step,
+    choose_primary,
+    plan_steps,
+)
+from ._records import MemberView, ServiceEvent, ServiceStatus
+from ._spec import ServiceSpec, check_plan, validate_spec
+from ._supervisor import Supervisor, open_supervisor
+
+__all__ = [
+    "LABEL_MANAGED",
+    "LABEL_MEMBER",
+    "LABEL_NUMBER",
+    "LABEL_SERVICE",
+    "ApplyRole",
+    "CreateMember",
+    "FenceMember",
+    "MemberView",
+    "ObservedMember",
+    "PrepareMember",
+    "RemoveMember",
+    "RestartMember",
+    "ServiceEvent",
+    "ServiceSpec",
+    "ServiceStatus",
+    "Step",
+    "Supervisor",
+    "check_plan",
+    "choose_primary",
+    "open_supervisor",
+    "plan_steps",
+    "validate_spec",
+]

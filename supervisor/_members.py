@@ -1,0 +1,203 @@
+"""A service's members: their containers, volumes and actors.
+
+`MemberSpawner` is the only place that creates, restarts and removes member
+containers; `Member` is the controller's record of one member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from attrs import define, field
+
+from rolecall.actors import (
+    ActorRef,
+    ActorSpawner,
+    ContainerActor,
+    ContainerMessage,
+    ContainerRuntime,
+    ContainerSpec,
+    HookConvention,
+    MemberPhase,
+)
+from rolecall.hooks_protocol import ContainerGoneError, MemberStatus, Plan, Role
+
+from ._naming import (
+    container_name,
+    member_labels,
+    network_name,
+    service_labels,
+    volume_mounts,
+)
+from ._reconciler import ObservedMember
+from ._spec import ServiceSpec
+
+__all__ = ["Member", "MemberSpawner"]
+
+_WRITER_ROLES = frozenset({Role.STANDALONE, Role.PRIMARY})
+_MAILBOX_CAPACITY = 64
+
+
+@define(eq=False)
+class Member:
+    """The controller's record of one member.
+
+    The container actor holds what the hooks did (phase, role, epoch); this
+    record holds what the engine and the ``status`` hook said.
+    """
+
+    id: str
+    number: int
+    name: str
+    container_id: str
+    actor: ContainerActor
+    ref: ActorRef[ContainerMessage]
+    # Named volumes holding its data; they outlive its container.
+    volumes: tuple[str, ...] = ()
+    # Container port -> port published on 127.0.0.1.
+    host_ports: dict[int, int] = field(factory=dict)
+    # Whether the container ran at the last observation.
+    alive: bool = True
+    # Whether the container no longer exists at all.
+    missing: bool = False
+    # Whether an engine event arrived since the last observation.
+    dirty: bool = False
+    # Whether the last `status` said the service answers.
+    healthy: bool = False
+    # Replication offset from the last `status`.
+    offset: int = 0
+    # Whether it holds the service's data (a writer, or a synced replica).
+    synced: bool = False
+    # Whether rolecall killed it on purpose to keep it from taking writes.
+    fenced: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the hooks prepared it since its container last started."""
+        return self.actor.phase is MemberPhase.RUNNING
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether it was last told to take writes."""
+        return self.actor.role in _WRITER_ROLES
+
+    def record_status(self, report: MemberStatus) -> None:
+        """Keep what a ``status`` run reported."""
+        self.healthy = report.healthy
+        self.offset = report.replication_offset
+        if report.role in _WRITER_ROLES:
+            self.synced = True
+        else:
+            synced = report.details.get("synced")
+            self.synced = bool(report.link_up) if synced is None else bool(synced)
+
+    def observed(self) -> ObservedMember:
+        """The member as the reconciler sees it."""
+        return ObservedMember(
+            id=self.id,
+            number=self.number,
+            alive=self.alive,
+            ready=self.ready and self.alive,
+            role=self.actor.role,
+            primary=self.actor.primary,
+            offset=self.offset,
+            synced=self.synced or self.is_writer,
+            fenced=self.fenced,
+        )
+
+
+@define(eq=False)
+class MemberSpawner:
+    """Creates, restarts and removes member containers and their actors.
+
+    Args:
+        runtime: The engine members run on.
+        actors: Starts actors in the supervisor's task group.
+    """
+
+    runtime: ContainerRuntime
+    actors: ActorSpawner
+
+    async def create(
+        self,
+        spec: ServiceSpec,
+        plan: Plan,
+        convention: HookConvention,
+        member_id: str,
+        number: int,
+    ) -> Member:
+        """Create and start a member's container and spawn its actor."""
+        labels = member_labels(spec.name, member_id, number, spec.labels)
+        await self.runtime.create_network(
+            network_name(spec.name), labels=service_labels(spec.name, spec.labels)
+        )
+        mounts = volume_mounts(member_id, plan.data_paths)
+        for volume in mounts:
+            await self.runtime.create_volume(volume, labels=labels)
+
+        info = await self.runtime.create_container(
+            self._container_spec(spec, plan, member_id, number)
+        )
+        await self.runtime.start_container(info.id)
+        info = await self.runtime.inspect_container(info.id)
+        actor = ContainerActor(
+            runtime=self.runtime,
+            container_id=info.id,
+            member_id=member_id,
+            convention=convention,
+        )
+        ref = await self.actors.spawn(
+            actor, name=f"member:{member_id}", capacity=_MAILBOX_CAPACITY
+        )
+
+        return Member(
+            id=member_id,
+            number=number,
+            name=info.name,
+            container_id=info.id,
+            actor=actor,
+            ref=ref,
+            volumes=tuple(mounts),
+            host_ports=dict(info.host_ports),
+        )
+
+    async def restart(self, spec: ServiceSpec, plan: Plan, member: Member) -> None:
+        """Start a member's container again, recreating it if it vanished.
+
+        The volume outlives the container, so a recreated container finds
+        the member's data where it left it.
+        """
+        if member.missing:
+            info = await self.runtime.create_container(
+                self._container_spec(spec, plan, member.id, member.number)
+            )
+            member.container_id = info.id
+            member.actor.container_id = info.id
+            member.missing = False
+
+        await self.runtime.start_container(member.container_id)
+        info = await self.runtime.inspect_container(member.container_id)
+        member.host_ports = dict(info.host_ports)
+
+    async def remove(self, member: Member) -> None:
+        """Stop a member's actor, remove its container and its volumes."""
+        await member.ref.stop()
+        with contextlib.suppress(ContainerGoneError):  # gone: goal reached
+            await self.runtime.remove_container(member.container_id)
+
+        for volume in member.volumes:
+            await self.runtime.remove_volume(volume)
+
+    def _container_spec(
+        self, spec: ServiceSpec, plan: Plan, member_id: str, number: int
+    ) -> ContainerSpec:
+        return ContainerSpec(
+            name=container_name(member_id),
+            image=spec.image,
+            labels=member_labels(spec.name, member_id, number, spec.labels),
+            network=network_name(spec.name),
+            network_aliases=(member_id,),
+            volumes=volume_mounts(member_id, plan.data_paths),
+            published_ports=plan.ports,
+            memory_limit=spec.memory_limit,
+        )

@@ -1,0 +1,65 @@
+"""Names and labels of what rolecall creates on an engine.
+
+Names are deterministic, so a retried create finds the container, volume or
+network it made before instead of making a second one; labels let rolecall
+(and tests, and the demo) find exactly what it made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rolecall.actors import LABEL_PREFIX
+
+__all__ = [
+    "LABEL_MANAGED",
+    "LABEL_MEMBER",
+    "LABEL_NUMBER",
+    "LABEL_SERVICE",
+    "container_name",
+    "member_labels",
+    "network_name",
+    "service_labels",
+    "volume_mounts",
+]
+
+LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
+LABEL_SERVICE = f"{LABEL_PREFIX}.service"
+LABEL_MEMBER = f"{LABEL_PREFIX}.member"
+LABEL_NUMBER = f"{LABEL_PREFIX}.number"
+
+
+def container_name(member_id: str) -> str:
+    """The container name of a member."""
+    return f"rolecall-{member_id}"
+
+
+def network_name(service: str) -> str:
+    """The user-defined network a service's members share."""
+    return f"rolecall-{service}"
+
+
+def volume_mounts(member_id: str, data_paths: tuple[str, ...]) -> dict[str, str]:
+    """Named volume -> mount path, one volume per data path of the plan."""
+    mounts: dict[str, str] = {}
+    for index, path in enumerate(data_paths):
+        suffix = "" if index == 0 else str(index)
+        mounts[f"rolecall-{member_id}-data{suffix}"] = path
+
+    return mounts
+
+
+def service_labels(service: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """Labels every object of a service carries."""
+    return {**extra, LABEL_MANAGED: "true", LABEL_SERVICE: service}
+
+
+def member_labels(
+    service: str, member_id: str, number: int, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """Labels a member's container and volumes carry."""
+    return {
+        **service_labels(service, extra),
+        LABEL_MEMBER: member_id,
+        LABEL_NUMBER: str(number),
+    }

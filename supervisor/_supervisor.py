@@ -1,0 +1,360 @@
+"""The supervisor: holds desired state for every service and drives it.
+
+It owns one controller per service and the container actors under them,
+watches the engine's events to wake the right controller when a container
+dies, and publishes a timeline of what it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+from attrs import define, evolve, field
+
+from rolecall.actors import (
+    ActorSpawner,
+    ContainerRuntime,
+    ContainerSpec,
+    HookConvention,
+    run_hook,
+)
+from rolecall.hooks_protocol import (
+    EngineError,
+    HookName,
+    HookPayload,
+    ImageNotFoundError,
+    MemberInfo,
+    Plan,
+    RolecallError,
+    SpecError,
+    Topology,
+    plan_from_data,
+)
+
+from ._controller import ServiceController
+from ._members import MemberSpawner
+from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE, network_name
+from ._records import ServiceEvent, ServiceStatus
+from ._spec import ServiceSpec, check_plan, validate_spec
+
+__all__ = ["Supervisor", "open_supervisor"]
+
+_log = structlog.get_logger("rolecall.supervisor")
+
+_EVENT_BUFFER = 1024
+_RECONNECT_FIRST = 0.2
+_RECONNECT_CAP = 10.0
+_PLAN_PROBE_TIMEOUT = 60.0
+_DEATH_ACTIONS = frozenset({"die", "oom", "kill", "stop", "destroy", "start"})
+
+
+@define(eq=False)
+class Supervisor:
+    """Desired state for every service, and the loops that realise it.
+
+    Create it with `open_supervisor`; every method is safe to call from any
+    task in the same event loop.
+    """
+
+    runtime: ContainerRuntime
+    task_group: TaskGroup
+    actors: ActorSpawner
+    probe_interval: float
+    # Controllers by service name; a service leaves only when removed.
+    controllers: dict[str, ServiceController] = field(factory=dict)
+    # Plans already probed, by image reference.
+    plans: dict[str, tuple[Plan, HookConvention]] = field(factory=dict)
+    # Open timeline subscriptions; closed ones are dropped on the next emit.
+    subscribers: list[MemoryObjectSendStream[ServiceEvent]] = field(factory=list)
+
+    # -- desired state -------------------------------------------------------
+
+    async def apply(self, spec: ServiceSpec) -> None:
+        """Make ``spec`` the desired state of its service.
+
+        The spec is checked, and the image's ``plan`` probed, before any of
+        the service's containers is touched.
+
+        Raises:
+            SpecError: The spec is invalid or the image cannot serve it.
+        """
+        validate_spec(spec)
+        plan, convention = await self.probe_plan(spec)
+        check_plan(spec, plan)
+
+        controller = self.controllers.get(spec.name)
+        if controller is not None:
+            if controller.spec.image != spec.image:
+                raise SpecError(
+                    f"service {spec.name!r} runs image {controller.spec.image!r};"
+                    " changing the image of a running service is not supported:"
+                    " remove the service first",
+                    service=spec.name,
+                )
+            controller.update(spec)
+            return
+
+        controller = ServiceController(
+            spec=spec,
+            plan=plan,
+            convention=convention,
+            runtime=self.runtime,
+            spawner=MemberSpawner(self.runtime, self.actors),
+            emit=self._emit,
+            probe_interval=self.probe_interval,
+        )
+        self.controllers[spec.name] = controller
+        self.task_group.start_soon(controller.run, name=f"service:{spec.name}")
+        _log.info("service_applied", service=spec.name, topology=spec.topology)
+
+    async def convert(
+        self,
+        service: str,
+        topology: Topology | str,
+        *,
+        replicas: int | None = None,
+        timeout: float = 300.0,
+    ) -> ServiceStatus:
+        """Change a service's topology and wait until it has converged.
+
+        Raises:
+            SpecError: No such service, or the image cannot take that shape.
+            ConvergenceTimeoutError: It did not converge in ``timeout`` s.
+        """
+        current = self._controller(service).spec
+        changes: dict[str, object] = {"topology": topology}
+        if replicas is not None:
+            changes["replicas"] = replicas
+
+        await self.apply(evolve(current, **changes))  # type: ignore[arg-type]
+
+        return await self.wait_converged(service, timeout=timeout)
+
+    async def wait_converged(
+        self, service: str, *, timeout: float = 300.0
+    ) -> ServiceStatus:
+        """Wait until the service has reached its desired state.
+
+        Raises:
+            SpecError: No such service.
+            ConvergenceTimeoutError: It did not converge in ``timeout`` s.
+        """
+        return await self._controller(service).wait_converged(timeout=timeout)
+
+    async def remove(self, service: str) -> None:
+        """Tear a service down: its members, volumes and network.
+
+        Raises:
+            SpecError: No such service.
+        """
+        controller = self._controller(service)
+        del self.controllers[service]
+        await controller.aclose(remove=True)
+        await self.runtime.remove_network(network_name(service))
+        _log.info("service_removed", service=service)
+
+    # -- reading -------------------------------------------------------------
+
+    def status(self, service: str) -> ServiceStatus:
+        """A snapshot of one service.
+
+        Raises:
+            SpecError: No such service.
+        """
+        return self._controller(service).status()
+
+    def statuses(self) -> list[ServiceStatus]:
+        """A snapshot of every service, by name."""
+        return [self.controllers[name].status() for name in sorted(self.controllers)]
+
+    @asynccontextmanager
+    async def open_timeline(self) -> AsyncIterator[AsyncIterator[ServiceEvent]]:
+        """Subscribe to timeline events from now on.
+
+        A subscriber that falls more than 1,024 events behind misses the
+        overflow (logged), so a slow reader never stalls the supervisor.
+        """
+        send, receive = anyio.create_memory_object_stream[ServiceEvent](_EVENT_BUFFER)
+        self.subscribers.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            send.close()
+            if send in self.subscribers:
+                self.subscribers.remove(send)
+
+    # -- plans ---------------------------------------------------------------
+
+    async def probe_plan(self, spec: ServiceSpec) -> tuple[Plan, HookConvention]:
+        """Run the image's ``plan`` hook in a short-lived container.
+
+        The plan is a property of the image, so it is read once per image,
+        in a container that belongs to no service.
+
+        Raises:
+            SpecError: The image is missing or its plan is unreadable.
+        """
+        cached = self.plans.get(spec.image)
+        if cached is not None:
+            return cached
+
+        try:
+            image = await self.runtime.inspect_image(spec.image)
+        except ImageNotFoundError as error:
+            raise SpecError(
+                f"image {spec.image!r} of service {spec.name!r} is not on the"
+                f" engine at {self.runtime.address}: build or load it first"
+                " (`rolecall demo` builds the example images)",
+                service=spec.name,
+            ) from error
+
+        convention = HookConvention.from_image(image)
+        plan = await self._run_plan_probe(spec, image.id, convention)
+        self.plans[spec.image] = (plan, convention)
+
+        return plan, convention
+
+    async def _run_plan_probe(
+        self, spec: ServiceSpec, image_id: str, convention: HookConvention
+    ) -> Plan:
+        digest = hashlib.sha256(image_id.encode()).hexdigest()[:12]
+        probe = ContainerSpec(
+            name=f"rolecall-plan-{digest}-{random.randrange(1 << 30):x}",
+            image=spec.image,
+            labels={**spec.labels, LABEL_MANAGED: "plan-probe"},
+        )
+        info = await self.runtime.create_container(probe)
+        try:
+            await self.runtime.start_container(info.id)
+            payload = HookPayload(
+                hook=HookName.PLAN,
+                service=spec.name,
+                member=MemberInfo(id=f"{spec.name}-plan", role=None, address=""),
+                config=spec.config,
+                env=spec.env,
+            )
+            run = await run_hook(
+                self.runtime,
+                info.id,
+                payload,
+                convention=convention,
+                timeout=_PLAN_PROBE_TIMEOUT,
+            )
+            return plan_from_data(run.result.data)
+        except RolecallError as error:
+            raise SpecError(
+                f"could not read the plan of image {spec.image!r}: {error}",
+                service=spec.name,
+            ) from error
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.runtime.remove_container(info.id)
+
+    # -- engine events -------------------------------------------------------
+
+    async def watch_engine(self) -> None:
+        """Wake controllers on container events; reconnect when the stream drops."""
+        failures = 0
+        while True:
+            try:
+                async with self.runtime.open_event_stream(
+                    labels={LABEL_MANAGED: "true"}
+                ) as events:
+                    failures = 0
+                    self._wake_all()  # resync: something may have changed
+                    async for event in events:
+                        if event.action not in _DEATH_ACTIONS:
+                            continue
+                        controller = self.controllers.get(
+                            event.labels.get(LABEL_SERVICE, "")
+                        )
+                        if controller is not None:
+                            controller.member_changed(
+                                event.labels.get(LABEL_MEMBER, "")
+                            )
+            except EngineError as error:
+                failures += 1
+                delay = min(_RECONNECT_FIRST * math.pow(2, failures), _RECONNECT_CAP)
+                _log.warning(
+                    "engine_events_lost", error=str(error), retry_in=round(delay, 2)
+                )
+                await anyio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+
+            failures += 1
+            _log.warning("engine_events_ended")
+            await anyio.sleep(min(_RECONNECT_FIRST * failures, _RECONNECT_CAP))
+
+    def _wake_all(self) -> None:
+        for controller in self.controllers.values():
+            controller.wake()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _controller(self, service: str) -> ServiceController:
+        controller = self.controllers.get(service)
+        if controller is None:
+            known = ", ".join(sorted(self.controllers)) or "none"
+            raise SpecError(
+                f"no service named {service!r} (known: {known})", service=service
+            )
+
+        return controller
+
+    def _emit(self, event: ServiceEvent) -> None:
+        for send in list(self.subscribers):
+            try:
+                send.send_nowait(event)
+            except anyio.WouldBlock:
+                _log.warning("timeline_subscriber_behind", kind=event.kind)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.subscribers.remove(send)
+
+    async def aclose(self, *, remove_services: bool = False) -> None:
+        """Stop every controller; with ``remove_services``, tear them down."""
+        for name in list(self.controllers):
+            if remove_services:
+                await self.remove(name)
+            else:
+                await self.controllers.pop(name).aclose(remove=False)
+
+
+@asynccontextmanager
+async def open_supervisor(
+    runtime: ContainerRuntime,
+    *,
+    probe_interval: float = 2.0,
+) -> AsyncIterator[Supervisor]:
+    """Run a supervisor for the duration of the ``async with`` block.
+
+    Leaving the block stops the control plane, not the services: containers
+    keep running.
+
+    Args:
+        runtime: The engine to manage containers on.
+        probe_interval: Seconds between health passes of each service.
+    """
+    async with anyio.create_task_group() as group:
+        actors = ActorSpawner(group)
+        supervisor = Supervisor(
+            runtime=runtime,
+            task_group=group,
+            actors=actors,
+            probe_interval=probe_interval,
+        )
+        group.start_soon(supervisor.watch_engine, name="engine-events")
+        try:
+            yield supervisor
+        finally:
+            with anyio.CancelScope(shield=True):
+                await supervisor.aclose()
+            group.cancel_scope.cancel()
