@@ -1,0 +1,104 @@
+"""Read what runs from the engine alone, for ``rolecall status``.
+
+Until a runner holds the desired state, ``status`` asks every container
+rolecall manages for its own view through its ``status`` hook: the image
+knows its role, the labels know its service and member.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from rolecall.actors import (
+    ContainerInfo,
+    ContainerRuntime,
+    ContainerState,
+    HookConvention,
+    run_hook,
+)
+from rolecall.hooks_protocol import (
+    HookName,
+    HookPayload,
+    MemberInfo,
+    RolecallError,
+    status_from_data,
+)
+from rolecall.supervisor import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE
+
+__all__ = ["describe_services"]
+
+_STATUS_TIMEOUT = 10.0
+
+
+async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
+    """Every service rolecall manages on the engine, with its members.
+
+    Returns:
+        Plain dicts (JSON-ready): ``name`` and ``members``, each member with
+        ``id``, ``container``, ``state``, ``role``, ``healthy``, ``epoch``,
+        ``offset``, ``published`` and ``error`` (why ``status`` failed).
+    """
+    containers = await runtime.list_containers(labels={LABEL_MANAGED: "true"})
+    services: dict[str, list[dict[str, Any]]] = {}
+    async with anyio.create_task_group() as group:
+        for container in containers:
+            service = container.labels.get(LABEL_SERVICE, "?")
+            row: dict[str, Any] = {}
+            services.setdefault(service, []).append(row)
+            group.start_soon(_describe, runtime, container, service, row)
+
+    return [
+        {"name": name, "members": sorted(rows, key=lambda r: str(r["id"]))}
+        for name, rows in sorted(services.items())
+    ]
+
+
+async def _describe(
+    runtime: ContainerRuntime,
+    container: ContainerInfo,
+    service: str,
+    row: dict[str, Any],
+) -> None:
+    member = container.labels.get(LABEL_MEMBER, container.name)
+    ports = sorted(container.host_ports.items())
+    row.update(
+        id=member,
+        container=container.name,
+        state=container.state.value,
+        role=None,
+        healthy=None,
+        epoch=None,
+        offset=None,
+        published=f"127.0.0.1:{ports[0][1]}" if ports else None,
+        error=None,
+    )
+    if container.state is not ContainerState.RUNNING:
+        return
+
+    try:
+        image = await runtime.inspect_image(container.image)
+        payload = HookPayload(
+            hook=HookName.STATUS,
+            service=service,
+            member=MemberInfo(id=member, role=None, address=member),
+        )
+        run = await run_hook(
+            runtime,
+            container.id,
+            payload,
+            convention=HookConvention.from_image(image),
+            timeout=_STATUS_TIMEOUT,
+        )
+        report = status_from_data(run.result.data)
+    except RolecallError as error:
+        row["error"] = str(error)
+        return
+
+    row.update(
+        role=report.role.value if report.role else None,
+        healthy=report.healthy,
+        epoch=report.epoch,
+        offset=report.replication_offset,
+    )
