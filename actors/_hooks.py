@@ -220,14 +220,20 @@ def _read_result(
     if convention.mode is HookMode.NANOBOX:
         return _read_nanobox_result(payload, outcome)
 
+    _check_not_truncated(payload, outcome)
+
+    return decode_result(outcome.stdout, convention.encoding)
+
+
+def _check_not_truncated(payload: HookPayload, outcome: ExecResult) -> None:
+    # A cut result may still decode (JSON padded with white space), so the
+    # flag decides, not the decoder.
     if outcome.stdout_truncated:
         raise MessageDecodeError(
             f"hook {payload.hook.value!r} of member {payload.member.id!r}"
             f" printed more than {MAX_RESULT_BYTES} bytes on stdout: results"
             " must stay under that; move bulk data through a volume"
         )
-
-    return decode_result(outcome.stdout, convention.encoding)
 
 
 def _read_nanobox_result(payload: HookPayload, outcome: ExecResult) -> HookResult:
@@ -236,9 +242,12 @@ def _read_nanobox_result(payload: HookPayload, outcome: ExecResult) -> HookResul
     if payload.hook is not HookName.PLAN:
         return HookResult()
 
+    _check_not_truncated(payload, outcome)
     try:
         data = json.loads(outcome.stdout or b"{}")
-    except ValueError as error:
+    # Malformed JSON and bad UTF-8 raise ValueError; nesting deeper than the
+    # interpreter's stack raises RecursionError.
+    except (ValueError, RecursionError) as error:
         raise MessageDecodeError(
             f"plan of member {payload.member.id!r} printed no valid JSON: {error}"
         ) from error
