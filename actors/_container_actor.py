@@ -244,6 +244,7 @@ class ContainerActor(Actor[ContainerMessage]):
                 payload,
                 convention=self.convention,
                 timeout=timeout,
+                secrets=_secrets(view),
             )
         except HookError as error:
             log.warning(
@@ -251,7 +252,7 @@ class ContainerActor(Actor[ContainerMessage]):
                 outcome=type(error).__name__,
                 exit_code=error.exit_code,
                 duration_ms=_ms_since(started),
-                stderr_tail=_redact(error.stderr_tail, view),
+                stderr_tail=error.stderr_tail,
             )
             raise
 
@@ -294,11 +295,6 @@ def _ms_since(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-def _redact(text: str, view: ServiceView) -> str:
-    """Replace secret values that a hook may have echoed on stderr."""
-    for key in view.secret_keys:
-        secret = view.env.get(key)
-        if secret:
-            text = text.replace(secret, "***")
-
-    return text
+def _secrets(view: ServiceView) -> list[str]:
+    """The secret values a hook's stderr must not show."""
+    return [view.env[key] for key in view.secret_keys if view.env.get(key)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from attrs import frozen
 
@@ -115,6 +115,7 @@ async def run_hook(
     *,
     convention: HookConvention,
     timeout: float,
+    secrets: Collection[str] = (),
 ) -> HookRun:
     """Run the hook the payload names and return its answer.
 
@@ -124,6 +125,9 @@ async def run_hook(
         payload: What the hook is told; ``payload.hook`` picks the hook.
         convention: How the image's hooks are called.
         timeout: Seconds before the hook is killed.
+        secrets: Values shown as ``***`` wherever the hook's stderr is
+            quoted (the error's message and ``stderr_tail``), for a hook
+            that echoes a password from its payload.
 
     Returns:
         The decoded result with the exec's outcome.
@@ -166,7 +170,7 @@ async def run_hook(
             timeout=timeout,
         ) from error
 
-    _raise_for_exit(payload, outcome)
+    _raise_for_exit(payload, outcome, secrets)
 
     return HookRun(result=_read_result(payload, outcome, convention), exec=outcome)
 
@@ -182,7 +186,9 @@ def _invocation(
     return [path], encode_payload(payload, convention.encoding)
 
 
-def _raise_for_exit(payload: HookPayload, outcome: ExecResult) -> None:
+def _raise_for_exit(
+    payload: HookPayload, outcome: ExecResult, secrets: Collection[str]
+) -> None:
     exit_class = classify_exit(outcome.exit_code)
     if exit_class is ExitClass.OK:
         return
@@ -191,7 +197,7 @@ def _raise_for_exit(payload: HookPayload, outcome: ExecResult) -> None:
     if code in _NOT_FOUND_CODES:
         exit_class = ExitClass.UNSUPPORTED
 
-    tail = stderr_tail(outcome.stderr)
+    tail = _masked(stderr_tail(outcome.stderr), secrets)
     shown = "no exit code" if code is None else f"exit code {code}"
     hint = _HINTS[exit_class]
     detail = f": {tail}" if tail else ""
@@ -259,6 +265,15 @@ def _read_nanobox_result(payload: HookPayload, outcome: ExecResult) -> HookResul
         )
 
     return HookResult(data=data)
+
+
+def _masked(text: str, secrets: Collection[str]) -> str:
+    # Longest first, so that a secret holding another is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+
+    return text
 
 
 def stderr_tail(stderr: bytes, *, lines: int = _STDERR_TAIL_LINES) -> str:

@@ -248,6 +248,7 @@ class Supervisor:
                 payload,
                 convention=convention,
                 timeout=_PLAN_PROBE_TIMEOUT,
+                secrets=[spec.env[key] for key in spec.secret_keys],
             )
             return plan_from_data(run.result.data)
         except RolecallError as error:

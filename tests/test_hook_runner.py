@@ -195,6 +195,26 @@ class TestExitClasses:
         assert caught.value.stderr_tail == "line 3\nline 4\nline 5\nline 6\nline 7"
         assert "line 2" not in str(caught.value)
 
+    async def test_secrets_are_masked_in_the_error(self) -> None:
+        """Secret values echoed on stderr show as *** in the message and tail."""
+        stderr = "login as admin with hunter2-long failed\nhint: hunter2"
+        runtime = FakeRuntime()
+        container_id, convention = await _container(
+            runtime, {"status": _exit(1, stderr)}
+        )
+        with anyio.fail_after(LIMIT), pytest.raises(HookFailedError) as caught:
+            await run_hook(
+                runtime,
+                container_id,
+                _payload(),
+                convention=convention,
+                timeout=LIMIT,
+                secrets=["hunter2", "hunter2-long", ""],
+            )
+
+        assert caught.value.stderr_tail == ("login as admin with *** failed\nhint: ***")
+        assert "hunter2" not in str(caught.value)
+
     def test_stderr_tail_decodes_bad_utf8_and_trims(self) -> None:
         """The tail survives bytes that are not UTF-8 and drops blank edges."""
         assert stderr_tail(b"\n\nok\n\xffbad\n\n") == "ok\n\ufffdbad"
