@@ -2,6 +2,8 @@
 
 Actors own a bounded mailbox and handle one message at a time. The container
 actor mirrors one container and runs its hooks through a `ContainerRuntime`.
+`DockerRuntime` is the one on a real engine; only the ``_docker*`` modules
+import aiodocker.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from rolecall.actors import (
     ExecResult,
     open_docker_runtime,
 )
-from rolecall.actors._docker import _HostReach
+from rolecall.actors._docker_kill import _HostReach
 from rolecall.hooks_protocol import (
     ContainerGoneError,
     EngineError,
