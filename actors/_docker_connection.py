@@ -104,7 +104,9 @@ class _DockerConnection:
         if status == 900:
             return self._unavailable(message)
 
-        stopped = status == 409 and "is not running" in message
+        # "is not running" comes as a 409 for a container stopped a while
+        # ago, and as a 500 for an exec start that meets its container's end.
+        stopped = status in (409, 500) and "is not running" in message
         if container_id is not None and (status == 404 or stopped):
             return ContainerGoneError(
                 f"container {container_id!r} is gone or stopped: {message}",

@@ -532,6 +532,33 @@ class TestExec:
             await _run(docker_runtime, running, "true")
         assert caught.value.container_id == running
 
+    async def test_exec_meets_kill(
+        self, docker_runtime: DockerRuntime, running: str
+    ) -> None:
+        """Exec in a container killed as it starts raises ContainerGoneError."""
+        gone: list[ContainerGoneError] = []
+
+        async def attempt() -> None:
+            try:
+                await _run(docker_runtime, running, "true")
+            except ContainerGoneError as exc:
+                gone.append(exc)
+
+        # An exec start that meets the container's end gets a 500 "is not
+        # running" from the engine, not the 409 of a container long stopped:
+        # race a few execs against each kill to meet that moment.
+        for round_ in range(10):
+            if round_:
+                await docker_runtime.start_container(running)
+            async with anyio.create_task_group() as tasks:
+                for _ in range(4):
+                    tasks.start_soon(attempt)
+                await docker_runtime.kill_container(running)
+
+        with pytest.raises(ContainerGoneError) as caught:
+            await _run(docker_runtime, running, "true")
+        assert {exc.container_id for exc in [*gone, caught.value]} == {running}
+
     async def test_missing_container(self, docker_runtime: DockerRuntime) -> None:
         """Exec in a container that does not exist raises ContainerGoneError."""
         with pytest.raises(ContainerGoneError):
