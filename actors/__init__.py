@@ -8,15 +8,8 @@ import aiodocker.
 
 from __future__ import annotations
 
-from ._actor import (
-    Actor,
-    ActorRef,
-    ActorSpawner,
-    ActorState,
-    ActorStatistics,
-    ChildCrashed,
-    open_spawner,
-)
+from ._actor import Actor, ActorState, ActorStatistics, ChildCrashed
+from ._actor_ref import ActorRef
 from ._container_actor import (
     ApplyRole,
     ContainerActor,
@@ -41,6 +34,7 @@ from ._runtime import (
     ExecResult,
     ImageInfo,
 )
+from ._spawner import ActorSpawner, open_spawner
 
 __all__ = [
     "DEFAULT_CAPACITY",
