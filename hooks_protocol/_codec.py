@@ -18,13 +18,16 @@ Decoding never trusts its input: whatever the bytes hold, it returns a record
 or raises a `ProtocolError`. Records are read by hand-written functions rather
 than a cattrs converter: they run about three times faster on a payload and
 name the exact field that is wrong.
+
+The plan and status hooks' data have readers of their own in ``_hook_data``,
+re-exported here with the rest of the codec; both check fields with the
+readers of ``_fields``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -34,7 +37,24 @@ from ._errors import (
     ProtocolError,
     ProtocolVersionError,
 )
-from ._records import HookPayload, HookResult, MemberInfo, MemberStatus, Plan
+from ._fields import (
+    _HOOKS,
+    _ROLES,
+    _bad,
+    _check_plain,
+    _counter,
+    _enum,
+    _map,
+    _missing,
+    _show,
+)
+from ._hook_data import (
+    plan_from_data,
+    plan_to_data,
+    status_from_data,
+    status_to_data,
+)
+from ._records import HookPayload, HookResult, MemberInfo
 from ._vocabulary import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
@@ -42,7 +62,6 @@ from ._vocabulary import (
     Encoding,
     HookName,
     Role,
-    Topology,
 )
 
 __all__ = [
@@ -57,9 +76,6 @@ __all__ = [
     "status_to_data",
 ]
 
-_HOOKS: Final = {hook.value: hook for hook in HookName}
-_ROLES: Final = {role.value: role for role in Role}
-_TOPOLOGIES: Final = {topology.value: topology for topology in Topology}
 _WIRE_NAMES: Final[dict[HookName | Role | None, str | None]] = {
     **{hook: hook.value for hook in HookName},
     **{role: role.value for role in Role},
@@ -77,16 +93,6 @@ _members_seen: dict[tuple[object, ...], MemberInfo] = {}
 # Members decoded lately, keyed by their wire values (see _member_from_wire).
 # Records are frozen, so handing the same one out again is safe; the map never
 # holds more than _MEMBERS_SEEN_MAX entries, so hostile input cannot grow it.
-
-_MAX_INT: Final = (1 << 63) - 1
-"""Largest counter (epoch, offset) accepted; it must fit a signed 64-bit int."""
-
-_MAX_REPR: Final = 60
-"""How much of a bad value an error message shows."""
-
-_PLAIN_TYPES: Final = frozenset({str, int, float, bool, type(None)})
-
-_E = TypeVar("_E")
 
 
 # -- bytes ------------------------------------------------------------------
@@ -418,257 +424,3 @@ def _result_from_wire(wire: dict[str, Any], encoding: Encoding) -> HookResult:
         raise _bad("result.message", "a string", message)
 
     return HookResult(data=data, message=message)
-
-
-# -- plan and status --------------------------------------------------------
-
-
-def plan_from_data(data: Mapping[str, Any]) -> Plan:
-    """Read the ``plan`` hook's data.
-
-    Args:
-        data: The ``data`` map of the plan hook's result (in Nanobox mode,
-            the JSON the hook printed).
-
-    Returns:
-        The plan record.
-
-    Raises:
-        MessageDecodeError: A required key is missing or a field has the
-            wrong shape; the message names the field.
-    """
-    fields = _map(data, "plan")
-    try:
-        roles = fields["roles"]
-        topologies = fields["topologies"]
-    except KeyError as exc:
-        raise _missing("plan", exc) from exc
-
-    return Plan(
-        roles=_enum_set(roles, _ROLES, "plan.roles"),
-        topologies=_enum_set(topologies, _TOPOLOGIES, "plan.topologies"),
-        behaviours=frozenset(_strings(fields.get("behaviours"), "plan.behaviours")),
-        ports=_ports(fields.get("ports"), "plan.ports"),
-        data_paths=_paths(fields.get("data_paths"), "plan.data_paths"),
-        timeouts=_timeouts(fields.get("timeouts"), "plan.timeouts"),
-    )
-
-
-def plan_to_data(plan: Plan) -> dict[str, Any]:
-    """Write a plan as the ``plan`` hook's data.
-
-    Sets become sorted lists, so equal plans give equal data.
-
-    Args:
-        plan: The plan to write.
-
-    Returns:
-        A map of plain values.
-    """
-    return {
-        "roles": sorted(role.value for role in plan.roles),
-        "topologies": sorted(topology.value for topology in plan.topologies),
-        "behaviours": sorted(plan.behaviours),
-        "ports": list(plan.ports),
-        "data_paths": list(plan.data_paths),
-        "timeouts": {hook.value: seconds for hook, seconds in plan.timeouts.items()},
-    }
-
-
-def status_from_data(data: Mapping[str, Any]) -> MemberStatus:
-    """Read the ``status`` hook's data.
-
-    Args:
-        data: The ``data`` map of the status hook's result.
-
-    Returns:
-        The status record.
-
-    Raises:
-        MessageDecodeError: A required key is missing or a field has the
-            wrong shape; the message names the field.
-    """
-    fields = _map(data, "status")
-    try:
-        role = fields["role"]
-        healthy = fields["healthy"]
-    except KeyError as exc:
-        raise _missing("status", exc) from exc
-
-    if type(healthy) is not bool:
-        raise _bad("status.healthy", "true or false", healthy)
-
-    link_up = fields.get("link_up")
-    if link_up is not None and type(link_up) is not bool:
-        raise _bad("status.link_up", "true, false or null", link_up)
-
-    return MemberStatus(
-        role=None if role is None else _enum(role, _ROLES, "status.role"),
-        healthy=healthy,
-        replication_offset=_counter(
-            fields.get("replication_offset"), "status.replication_offset"
-        ),
-        link_up=link_up,
-        epoch=_counter(fields.get("epoch"), "status.epoch"),
-        details=_map(fields.get("details"), "status.details"),
-    )
-
-
-def status_to_data(status: MemberStatus) -> dict[str, Any]:
-    """Write a status as the ``status`` hook's data.
-
-    Args:
-        status: The status to write.
-
-    Returns:
-        A map of plain values.
-    """
-    role = status.role
-    return {
-        "role": None if role is None else role.value,
-        "healthy": status.healthy,
-        "replication_offset": status.replication_offset,
-        "link_up": status.link_up,
-        "epoch": status.epoch,
-        "details": status.details,
-    }
-
-
-# -- field readers ----------------------------------------------------------
-
-
-def _map(value: object, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-
-    if type(value) is dict:
-        return value
-
-    if isinstance(value, Mapping):
-        return dict(value)
-
-    raise _bad(where, "a map", value)
-
-
-def _counter(value: object, where: str) -> int:
-    if value is None:
-        return 0
-
-    if type(value) is int and 0 <= value <= _MAX_INT:
-        return value
-
-    raise _bad(where, f"an integer from 0 to {_MAX_INT}", value)
-
-
-def _enum(value: object, table: Mapping[Any, _E], where: str) -> _E:
-    try:
-        return table[value]
-    except (KeyError, TypeError) as exc:
-        raise _bad(where, "one of " + ", ".join(map(repr, table)), value) from exc
-
-
-def _items(value: object, where: str) -> list[Any] | tuple[Any, ...]:
-    if value is None:
-        return []
-
-    if isinstance(value, list | tuple):
-        return value
-
-    raise _bad(where, "a list", value)
-
-
-def _enum_set(value: object, table: Mapping[Any, _E], where: str) -> frozenset[_E]:
-    items = _items(value, where)
-    if not items:
-        raise _bad(where, "a list of at least one of " + ", ".join(table), value)
-
-    return frozenset(
-        _enum(item, table, f"{where}[{index}]") for index, item in enumerate(items)
-    )
-
-
-def _strings(value: object, where: str) -> list[str]:
-    items = _items(value, where)
-    for index, item in enumerate(items):
-        if type(item) is not str or not item:
-            raise _bad(f"{where}[{index}]", "a non-empty string", item)
-
-    return list(items)
-
-
-def _ports(value: object, where: str) -> tuple[int, ...]:
-    items = _items(value, where)
-    for index, item in enumerate(items):
-        if type(item) is not int or not 0 < item < 1 << 16:
-            raise _bad(f"{where}[{index}]", "a port number from 1 to 65535", item)
-
-    return tuple(items)
-
-
-def _paths(value: object, where: str) -> tuple[str, ...]:
-    paths = _strings(value, where)
-    for index, path in enumerate(paths):
-        if not path.startswith("/"):
-            raise _bad(f"{where}[{index}]", "an absolute path", path)
-
-    return tuple(paths)
-
-
-def _timeouts(value: object, where: str) -> dict[HookName, float]:
-    timeouts: dict[HookName, float] = {}
-    for name, seconds in _map(value, where).items():
-        hook = _enum(name, _HOOKS, f"{where} key")
-        if type(seconds) not in (int, float) or not 0 < seconds < float("inf"):
-            raise _bad(f"{where}.{name}", "a positive number of seconds", seconds)
-
-        timeouts[hook] = float(seconds)
-
-    return timeouts
-
-
-def _check_plain(value: object, where: str) -> None:
-    # Iterative, because a message may nest as deep as the decoder allows.
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if type(item) is dict:
-            for key in item:
-                if type(key) is not str:
-                    raise _bad(f"{where} key", "a string", key)
-
-            pending.extend(item.values())
-            continue
-
-        if type(item) is list:
-            pending.extend(item)
-            continue
-
-        if type(item) not in _PLAIN_TYPES:
-            raise _bad(
-                f"{where} value", "null, a boolean, number, string, list or map", item
-            )
-
-
-# -- errors -----------------------------------------------------------------
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    if len(text) > _MAX_REPR:
-        text = text[:_MAX_REPR] + "..."
-
-    return f"{text} ({type(value).__name__})"
-
-
-def _bad(where: str, expected: str, value: object) -> MessageDecodeError:
-    return MessageDecodeError(
-        f"{where} must be {expected}, got {_show(value)}; "
-        "see docs/hooks-protocol.md for the shape"
-    )
-
-
-def _missing(where: str, exc: KeyError) -> MessageDecodeError:
-    return MessageDecodeError(
-        f"{where} lacks the {exc.args[0]!r} key; "
-        "see docs/hooks-protocol.md for the shape"
-    )
