@@ -66,7 +66,8 @@ class Member:
     healthy: bool = False
     # Replication offset from the last `status`.
     offset: int = 0
-    # Whether it holds the service's data (a writer, or a synced replica).
+    # Whether it holds the service's data (a writer, or a replica that
+    # completed a sync); once true it stays true for the member's life.
     synced: bool = False
     # Whether rolecall killed it on purpose to keep it from taking writes.
     fenced: bool = False
@@ -82,14 +83,20 @@ class Member:
         return self.actor.role in _WRITER_ROLES
 
     def record_status(self, report: MemberStatus) -> None:
-        """Keep what a ``status`` run reported."""
+        """Keep what a ``status`` run reported.
+
+        ``synced`` only ever turns on: a replica whose link dropped still
+        holds what it copied, up to its offset, and the moment its primary
+        dies (and every link drops) is when a failover needs to know that.
+        """
         self.healthy = report.healthy
         self.offset = report.replication_offset
         if report.role in _WRITER_ROLES:
             self.synced = True
-        else:
-            synced = report.details.get("synced")
-            self.synced = bool(report.link_up) if synced is None else bool(synced)
+            return
+
+        synced = report.details.get("synced")
+        self.synced |= bool(report.link_up) if synced is None else bool(synced)
 
     def observed(self) -> ObservedMember:
         """The member as the reconciler sees it."""

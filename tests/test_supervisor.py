@@ -273,11 +273,6 @@ class TestFailures:
         assert _keys(runtime, after, "cache-1") == _expected(range(20))
         assert [kind for kind, _ in _kinds(timeline)][:1] == ["member_restarted"]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a replica's synced flag follows its link, so once the primary"
-        " dies only a lagging replica that still claims a link can be promoted",
-    )
     async def test_a_crashed_primary_fails_over_to_the_replica_with_most_data(
         self,
     ) -> None:
