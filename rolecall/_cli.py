@@ -18,7 +18,7 @@ from typing import TextIO
 
 import anyio
 
-from rolecall.actors import open_docker_runtime
+from rolecall.actors import DockerRuntime, open_docker_runtime
 from rolecall.hooks_protocol import EngineUnavailableError, RolecallError
 
 from ._inspect import describe_services
@@ -34,6 +34,10 @@ EXIT_ENGINE = 3
 EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
+examples:
+  rolecall demo
+  rolecall status --json
+
 exit codes: 0 success, 1 operation failed, 2 bad command line,
 3 no Docker engine answered, 130 interrupted.
 The engine is found through --docker-url, else DOCKER_HOST, else
@@ -125,11 +129,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
 
+    _check_engine_url(parser, args.docker_url)
     configure_logging(args.log_level)
     try:
         return anyio.run(_dispatch, args)
     except BaseException as error:  # noqa: BLE001  (every outcome gets an exit code)
         return _report(error)
+
+
+def _check_engine_url(parser: argparse.ArgumentParser, url: str | None) -> None:
+    """Refuse a malformed engine address (flag or DOCKER_HOST) as a usage error.
+
+    Building a runtime checks the address's form only; it connects on first
+    use, so nothing is opened here.
+    """
+    try:
+        DockerRuntime(url)
+    except ValueError as error:
+        source = "--docker-url" if url else "DOCKER_HOST"
+        parser.error(f"{source}: {error}")
 
 
 def _report(error: BaseException) -> int:
