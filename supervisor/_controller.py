@@ -96,7 +96,9 @@ class ServiceController:
     # Bumped on every spec change; a pass that plans nothing converges it.
     generation: int = 0
     # The generation the last empty pass saw; equal to `generation` when
-    # the service has converged to its current spec.
+    # the service has converged to its current spec. Set back to -1 when a
+    # member is lost, a pass finds work or a pass fails, until a pass finds
+    # nothing to do again.
     converged_generation: int = -1
     # Whether steps ran since the last pass that found nothing to do; the
     # next such pass reports the service converged again.
@@ -177,6 +179,7 @@ class ServiceController:
                 return
 
             self.acted_since_converged = True
+            self.converged_generation = -1
             for step in steps:
                 await self._execute(step)
         except RolecallError as error:
@@ -270,6 +273,7 @@ class ServiceController:
 
     def _lost(self, member: Member, exit_code: int | None) -> None:
         member.healthy = False
+        self.converged_generation = -1
         if member.actor.role is not None and member.is_writer:
             self._writer_lost_at = time.monotonic()
 
@@ -401,6 +405,7 @@ class ServiceController:
         self.last_error = None
 
     def _failed(self, error: RolecallError) -> None:
+        self.converged_generation = -1
         self.failures += 1
         self.last_error = str(error)
         delay = self._next_delay()

@@ -239,11 +239,6 @@ class TestConvergence:
 class TestFailures:
     """Lost members are fenced, replaced or restarted, and data stays."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="wait_converged returns at once after a member is lost: a pass"
-        " that finds work leaves the service marked converged",
-    )
     async def test_a_dead_standalone_is_restarted_in_place_with_its_data(
         self,
     ) -> None:
@@ -326,9 +321,6 @@ class TestFailures:
             "rolecall-cache-4",
         ]
 
-    @pytest.mark.xfail(
-        strict=True, reason="a pass that finds work leaves the service marked converged"
-    )
     async def test_status_is_not_converged_while_a_failure_is_handled(self) -> None:
         """After a member is lost, wait_converged waits for the recovery."""
         runtime = _runtime()
