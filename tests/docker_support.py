@@ -11,6 +11,16 @@ Tests marked ``docker`` get these fixtures through ``conftest.py``:
   busybox, reused across runs while its recipe stays the same.
 - ``docker_runtime``: a `DockerRuntime` on the engine (asyncio only).
 
+Modules that drive whole services import these from here as well:
+
+- ``docker_case``: like ``docker_labels``, plus a label unique to the test
+  (``io.rolecall.test.case``), so its clean-up removes exactly what that
+  test made; it also names services so that parallel runs never collide.
+- ``redis_image``: the example Redis image, built by `ensure_image` once
+  and reused while its recipe stays the same.
+- ``nanobox_image``: a busybox image with one Nanobox-style ``plan`` hook
+  whose plan offers the standalone topology only.
+
 Everything a run creates carries ``io.rolecall.test=<run id>`` and the owner
 label ``io.rolecall.test.owner=<pid>:<start time>``. The owner label makes
 the clean-up of leftovers safe while other runs share the engine: an object
@@ -41,16 +51,20 @@ __all__ = [
     "RUN_LABEL",
     "DockerLab",
     "busybox_image",
+    "docker_case",
     "docker_engine",
     "docker_engine_gate",
     "docker_labels",
     "docker_runtime",
     "engine_problem",
+    "nanobox_image",
+    "redis_image",
     "remove_labelled",
 ]
 
 RUN_LABEL = "io.rolecall.test"
 OWNER_LABEL = "io.rolecall.test.owner"
+CASE_LABEL = "io.rolecall.test.case"
 IMAGE_LABEL = "io.rolecall.test.image"
 
 BUSYBOX = Path("/bin/busybox")
@@ -97,6 +111,14 @@ class DockerLab:
     def name(self, prefix: str) -> str:
         """A name for a container, network or volume, unique in this run."""
         return f"rc-test-{prefix}-{self.run_id}-{next(_names)}"
+
+    def service(self, prefix: str) -> str:
+        """A service name, unique on the engine, that rolecall accepts.
+
+        rolecall derives container, volume and network names from it, so
+        two runs sharing an engine must never pick the same one.
+        """
+        return f"{prefix}-{self.run_id}-{next(_names)}"
 
 
 def _docker(*args: str) -> subprocess.CompletedProcess[str]:
@@ -200,6 +222,19 @@ def docker_labels(docker_engine: str) -> Iterator[DockerLab]:
     remove_labelled(f"{RUN_LABEL}={docker_engine}")
 
 
+@pytest.fixture
+def docker_case(docker_engine: str) -> Iterator[DockerLab]:
+    """Labels unique to one test; what carries them is removed afterwards.
+
+    Leftovers of earlier runs went when the session started (see
+    ``docker_engine``); this removes the test's own objects, and only them.
+    """
+    case = uuid.uuid4().hex[:8]
+    labels = {RUN_LABEL: docker_engine, OWNER_LABEL: _OWNER, CASE_LABEL: case}
+    yield DockerLab(run_id=case, labels=labels)
+    remove_labelled(f"{CASE_LABEL}={case}")
+
+
 def _recipe_digest(busybox: bytes) -> str:
     digest = hashlib.sha256(_DOCKERFILE.encode())
     digest.update(busybox)
@@ -251,3 +286,56 @@ async def docker_runtime(
 
     async with open_docker_runtime() as runtime:
         yield runtime
+
+
+@pytest.fixture(scope="session")
+def redis_image(docker_engine: str) -> str:
+    """The example Redis image: built on first use, then reused by its tag."""
+    # Imported here, like `docker_runtime`'s import, to keep collection light.
+    import anyio
+
+    from rolecall._images import ensure_image
+
+    return anyio.run(ensure_image, "redis")
+
+
+_NANOBOX_PLAN = """\
+#!/bin/sh
+echo '{"roles": ["standalone"], "topologies": ["standalone"],\
+ "ports": [6379], "data_paths": ["/data"]}'
+"""
+
+_NANOBOX_DOCKERFILE = """\
+FROM {base}
+LABEL io.rolecall.hooks.mode="nanobox"
+COPY plan /opt/rolecall/hooks/plan
+"""
+
+
+@pytest.fixture(scope="session")
+def nanobox_image(busybox_image: str) -> str:
+    """A busybox image whose Nanobox-style plan offers standalone only."""
+    dockerfile = _NANOBOX_DOCKERFILE.format(base=busybox_image)
+    digest = hashlib.sha256(f"{dockerfile}\0{_NANOBOX_PLAN}".encode())
+    tag = f"rolecall-test/nanobox:{digest.hexdigest()[:12]}"
+    if _docker("image", "inspect", tag).returncode == 0:
+        return tag
+
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "Dockerfile").write_text(dockerfile, encoding="utf-8")
+        plan = Path(context, "plan")
+        plan.write_text(_NANOBOX_PLAN, encoding="utf-8")
+        plan.chmod(0o755)
+        label = f"{IMAGE_LABEL}=nanobox"
+        built = subprocess.run(
+            ["docker", "build", "-q", "-t", tag, "--label", label, context],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_CLI_TIMEOUT,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )
+    if built.returncode != 0:
+        pytest.fail(f"could not build {tag}: {built.stderr.strip()}")
+
+    return tag
