@@ -113,7 +113,12 @@ class ServiceController:
     _passed: anyio.Event = field(factory=anyio.Event)
     # When the writer was found lost; None while it is not.
     _writer_lost_at: float | None = None
+    # True once `aclose` began; no pass starts after that.
     _stopping: bool = False
+    # Wraps the pass loop; `aclose` cancels it to end a pass where it stands.
+    _loop: anyio.CancelScope = field(factory=anyio.CancelScope)
+    # Set when `run` has returned; `aclose` waits for it.
+    _ended: anyio.Event = field(factory=anyio.Event)
 
     # -- control -------------------------------------------------------------
 
@@ -158,13 +163,18 @@ class ServiceController:
         )
 
     async def run(self) -> None:
-        """Pass until cancelled."""
-        while not self._stopping:
-            delay = self._next_delay()
-            with anyio.move_on_after(delay):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            await self.run_pass()
+        """Pass until `aclose` (or a cancellation) ends the loop."""
+        try:
+            with self._loop:
+                while not self._stopping:
+                    delay = self._next_delay()
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+
+                    self._wake = anyio.Event()
+                    await self.run_pass()
+        finally:
+            self._ended.set()
 
     async def run_pass(self) -> None:
         """Observe, plan and act once."""
@@ -381,13 +391,27 @@ class ServiceController:
         del self.members[member_id]
 
     async def aclose(self, *, remove: bool) -> None:
-        """Stop the loop's actors; with ``remove``, delete every member too."""
+        """End the pass loop, then let go of the members.
+
+        A pass under way is cancelled where it stands, as a crash of the
+        control plane would end it; hooks are idempotent and the next pass
+        (of this or a later controller) plans afresh. ``run`` must have been
+        started.
+
+        Args:
+            remove: Stop and delete every member. Without it the members'
+                actors are told to stop, dropping queued messages, and the
+                containers keep running; a hook still running is left to
+                whoever cancels the actors' task group.
+        """
         self._stopping = True
+        self._loop.cancel()
+        await self._ended.wait()
         for member_id in list(self.members):
             if remove:
                 await self._remove(member_id)
             else:
-                await self.members[member_id].ref.stop()
+                self.members[member_id].ref.stop_nowait(drain=False)
 
     # -- bookkeeping ---------------------------------------------------------
 

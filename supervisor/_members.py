@@ -187,10 +187,13 @@ class MemberSpawner:
         member.host_ports = dict(info.host_ports)
 
     async def remove(self, member: Member) -> None:
-        """Stop a member's actor, remove its container and its volumes."""
-        await member.ref.stop()
+        """Remove a member's container, stop its actor, remove its volumes."""
+        # The container goes first: that ends a hook still running in it,
+        # which the actor would otherwise finish before it stops.
         with contextlib.suppress(ContainerGoneError):  # gone: goal reached
             await self.runtime.remove_container(member.container_id)
+
+        await member.ref.stop(drain=False)
 
         for volume in member.volumes:
             await self.runtime.remove_volume(volume)

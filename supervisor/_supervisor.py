@@ -158,6 +158,15 @@ class Supervisor:
         controller = self._controller(service)
         del self.controllers[service]
         await controller.aclose(remove=True)
+        # A pass cut short may have made a container it had not recorded
+        # yet; the labels find it, and any volume it left.
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
+        for info in await self.runtime.list_containers(labels=labels):
+            await self.runtime.remove_container(info.id)
+
+        for volume in await self.runtime.list_volumes(labels=labels):
+            await self.runtime.remove_volume(volume)
+
         await self.runtime.remove_network(network_name(service))
         _log.info("service_removed", service=service)
 
@@ -321,7 +330,8 @@ class Supervisor:
                 self.subscribers.remove(send)
 
     async def aclose(self, *, remove_services: bool = False) -> None:
-        """Stop every controller; with ``remove_services``, tear them down."""
+        """Stop every controller's loop; with ``remove_services``, tear the
+        services down too."""
         for name in list(self.controllers):
             if remove_services:
                 await self.remove(name)
@@ -338,7 +348,9 @@ async def open_supervisor(
     """Run a supervisor for the duration of the ``async with`` block.
 
     Leaving the block stops the control plane, not the services: containers
-    keep running.
+    keep running. A hook running at that moment is cancelled (its process
+    killed) rather than waited for; hooks are idempotent, so the next
+    supervisor runs it again.
 
     Args:
         runtime: The engine to manage containers on.

@@ -552,10 +552,6 @@ class TestSpecErrors:
 class TestLifecycle:
     """Removing services, leaving the supervisor, and isolation between services."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the removed service's loop runs one more pass and creates it again",
-    )
     async def test_remove_deletes_containers_volumes_and_network(self) -> None:
         """Removing a service leaves no container, volume or network behind."""
         runtime = _runtime()
@@ -565,7 +561,7 @@ class TestLifecycle:
                 supervisor.open_timeline() as events,
             ):
                 await supervisor.apply(_spec(topology="redundant"))
-                await supervisor.wait_converged("cache")
+                await _converged(supervisor, events)
                 await supervisor.remove("cache")
                 removed = await _service_objects(runtime)
                 # Several probe intervals: a loop left running would have
@@ -600,10 +596,6 @@ class TestLifecycle:
         assert fake_kv_write(runtime, "rolecall-cache-1", "after", 1) == 6
         assert (runtime.running_execs, runtime.event_subscribers) == (0, 0)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="leaving the supervisor waits for a running hook to reach its deadline",
-    )
     async def test_leaving_does_not_wait_for_a_hung_hook(self) -> None:
         """A hook hanging at exit is killed, not waited for until its deadline."""
         runtime = _runtime()
