@@ -20,6 +20,7 @@ from attrs import define, field
 
 from rolecall.actors import (
     ActorRef,
+    ActorState,
     ContainerMessage,
     ContainerRuntime,
     ContainerState,
@@ -61,6 +62,7 @@ __all__ = ["ServiceController"]
 
 _log = structlog.get_logger("rolecall.supervisor")
 
+_ACTOR_ENDED = frozenset({ActorState.STOPPED, ActorState.CRASHED})
 _ASK_TIMEOUT = 900.0  # hooks carry their own deadlines; this only stops a hang
 _BACKOFF_FIRST = 0.5
 _BACKOFF_CAP = 30.0
@@ -241,6 +243,10 @@ class ServiceController:
     # -- observing -----------------------------------------------------------
 
     async def _observe(self) -> None:
+        for member in self.members.values():
+            if member.ref.state in _ACTOR_ENDED:
+                await self._replace_actor(member)
+
         containers = await self.runtime.list_containers(
             labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
         )
@@ -277,6 +283,25 @@ class ServiceController:
 
         assert isinstance(report, MemberStatus)  # noqa: S101  (Probe's reply type)
         member.record_status(report)
+
+    async def _replace_actor(self, member: Member) -> None:
+        # An actor ends on its own only when it crashed (a told message
+        # failed) or was stopped by someone else; either way the container
+        # is still there and needs an actor to run its hooks.
+        state = member.ref.state
+        await self.spawner.respawn(member)
+        _log.warning(
+            "member_actor_replaced",
+            service=self.spec.name,
+            member=member.id,
+            old_state=state.value,
+        )
+        self._event(
+            "actor_replaced",
+            member.id,
+            f"its actor had {state.value}; a new one prepares it again",
+            old_state=state.value,
+        )
 
     def _observed(self) -> list[ObservedMember]:
         return [m.observed() for m in self.members.values()]

@@ -168,6 +168,31 @@ class MemberSpawner:
             host_ports=dict(info.host_ports),
         )
 
+    async def respawn(self, member: Member) -> None:
+        """Give a member a new actor in place of one that has ended.
+
+        The new actor knows the role, primary and epoch the old one last
+        applied, so a writer stays a writer (and is fenced, not forgotten,
+        if it is lost), but it starts at phase CREATED: nothing says what
+        the old actor's last hook left behind, so the member is prepared
+        again, which idempotent hooks allow.
+        """
+        old = member.actor
+        actor = ContainerActor(
+            runtime=self.runtime,
+            container_id=member.container_id,
+            member_id=member.id,
+            convention=old.convention,
+            role=old.role,
+            primary=old.primary,
+            epoch=old.epoch,
+            plan=old.plan,
+        )
+        member.ref = await self.actors.spawn(
+            actor, name=f"member:{member.id}", capacity=_MAILBOX_CAPACITY
+        )
+        member.actor = actor
+
     async def restart(self, spec: ServiceSpec, plan: Plan, member: Member) -> None:
         """Start a member's container again, recreating it if it vanished.
 

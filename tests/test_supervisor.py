@@ -657,10 +657,6 @@ class TestLifecycle:
         assert runtime.killed_execs == 1
         assert runtime.running_execs == 0
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the controller keeps asking a crashed actor and never recovers",
-    )
     async def test_a_crashed_container_actor_is_replaced(self) -> None:
         """A member whose actor crashed gets a new actor, is prepared again and
         takes its role back, on the same container with the same data."""
@@ -681,10 +677,40 @@ class TestLifecycle:
 
         assert old_ref.state is ActorState.CRASHED
         assert new_ref is not old_ref
-        assert ("member_prepared", "cache-1") in _kinds(timeline)
+        kinds = _kinds(timeline)
+        assert kinds.index(("actor_replaced", "cache-1")) < kinds.index(
+            ("member_prepared", "cache-1")
+        )
+        assert ("role_applied", "cache-1") in kinds
         member = after.member("cache-1")
         assert (member.role, member.ready, member.epoch) == (Role.STANDALONE, True, 2)
         assert member.container_id == before.member("cache-1").container_id
+        assert _keys(runtime, after, "cache-1") == _expected(range(5))
+
+    async def test_a_primary_whose_actor_crashed_stays_primary(self) -> None:
+        """A new actor for the primary keeps its role: no replica is promoted."""
+        runtime = _runtime()
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(_spec(topology="redundant"))
+                before = await _converged(supervisor, events)
+                _write(runtime, before, range(5))
+                await _crash_actor(supervisor).wait_stopped()
+                timeline = await _until(events, "converged")
+                after = supervisor.status("cache")
+
+        kinds = [kind for kind, _ in _kinds(timeline)]
+        assert "member_fenced" not in kinds
+        assert "failover" not in kinds
+        assert after.primary == "cache-1"
+        assert [(m.id, m.role, m.following) for m in after.members] == [
+            ("cache-1", Role.PRIMARY, None),
+            ("cache-2", Role.REPLICA, "cache-1"),
+        ]
+        assert after.member("cache-1").epoch > before.member("cache-1").epoch
         assert _keys(runtime, after, "cache-1") == _expected(range(5))
 
 
