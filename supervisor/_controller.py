@@ -487,7 +487,7 @@ class ServiceController:
             id=member.id,
             role=member.actor.role,
             alive=member.alive,
-            ready=member.ready,
+            ready=member.ready and member.alive,
             healthy=member.healthy,
             offset=member.offset,
             epoch=member.actor.epoch,

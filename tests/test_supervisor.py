@@ -321,6 +321,45 @@ class TestFailures:
             "rolecall-cache-4",
         ]
 
+    async def test_a_failed_promotion_is_retried(self) -> None:
+        """When the promotion's role hook fails, the fenced primary stays down
+        and the next pass promotes the replica after all."""
+        lag = Lag()
+        runtime = _runtime(lag=lag.image())
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(_spec(image="lag:fake", topology="redundant"))
+                before = await _converged(supervisor, events)
+                _write(runtime, before, range(10))
+                await lag.wait_offset("rolecall-cache-2", 10)
+                runtime.fail_next_exec(
+                    container_id="rolecall-cache-2", hook="role", stderr="no quorum"
+                )
+                runtime.crash(before.member("cache-1").container_id)
+                failed = await _until(events, "step_failed")
+                during = supervisor.status("cache")
+                recovered = await _until(events, "converged")
+                after = supervisor.status("cache")
+
+        assert ("member_fenced", "cache-1") in _kinds(failed)
+        assert "no quorum" in failed[-1].detail
+        lost = during.member("cache-1")
+        assert (lost.alive, lost.ready, lost.role) == (False, False, Role.PRIMARY)
+        assert during.primary is None
+        assert during.last_error is not None
+        assert "no quorum" in during.last_error
+        assert ("failover", "cache-2") in _kinds(recovered)
+        assert ("member_fenced", "cache-1") not in _kinds(recovered)
+        assert after.primary == "cache-2"
+        assert [(m.id, m.role) for m in after.members] == [
+            ("cache-2", Role.PRIMARY),
+            ("cache-3", Role.REPLICA),
+        ]
+        assert _keys(runtime, after, "cache-2") == _expected(range(10))
+
     async def test_status_is_not_converged_while_a_failure_is_handled(self) -> None:
         """After a member is lost, wait_converged waits for the recovery."""
         runtime = _runtime()
