@@ -30,6 +30,7 @@ from rolecall.actors import (
 from rolecall.hooks_protocol import (
     HookFailedError,
     HookName,
+    HookResult,
     HookRetryLaterError,
     HookTimeoutError,
     MemberInfo,
@@ -306,7 +307,7 @@ class TestRoles:
                 message = RunHook(VIEW, HookName.BACKUP, {"path": "/backup/1"})
                 result = await ref.ask(message, timeout=LIMIT)
 
-        assert result.data == {"wrote": "/backup/1"}  # type: ignore[attr-defined]
+        assert result == HookResult(data={"wrote": "/backup/1"})
 
 
 class TestOneHookAtATime:

@@ -1,0 +1,235 @@
+"""The supervisor on the in-memory runtime: lost members, failover, and
+container actors that crash."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from supervisor_support import (
+    LIMIT,
+    PROBE,
+    Lag,
+    converged,
+    crash_actor,
+    event_kinds,
+    expected_keys,
+    keys_of,
+    kv_runtime,
+    service_objects,
+    service_spec,
+    until,
+    write_keys,
+)
+
+from rolecall.actors import ActorState
+from rolecall.hooks_protocol import Role
+from rolecall.supervisor import open_supervisor
+
+pytestmark = pytest.mark.anyio
+
+
+class TestFailures:
+    """Lost members are fenced, replaced or restarted, and data stays."""
+
+    async def test_a_dead_standalone_is_restarted_in_place_with_its_data(
+        self,
+    ) -> None:
+        """A crashed standalone container comes back, same member and same keys."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec())
+                before = await converged(supervisor, events)
+                write_keys(runtime, before, range(20))
+                runtime.crash(before.member("cache-1").container_id)
+                await until(events, "member_lost")
+                after = await supervisor.wait_converged("cache")
+                timeline = await until(events, "converged")
+
+        member = after.member("cache-1")
+        assert (member.alive, member.ready, member.role) == (
+            True,
+            True,
+            Role.STANDALONE,
+        )
+        assert member.container_id == before.member("cache-1").container_id
+        assert member.epoch == 2
+        assert keys_of(runtime, after, "cache-1") == expected_keys(range(20))
+        assert [kind for kind, _ in event_kinds(timeline)][:1] == ["member_restarted"]
+
+    async def test_a_crashed_primary_fails_over_to_the_replica_with_most_data(
+        self,
+    ) -> None:
+        """The primary is fenced, the most caught-up replica promoted, and a
+        replacement replica created, with every key kept."""
+        lag = Lag()
+        runtime = kv_runtime(lag=lag.image())
+        spec = service_spec(image="lag:fake", topology="redundant", replicas=2)
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                write_keys(runtime, before, range(10))
+                # cache-2 stops pulling; cache-3 keeps up with every write.
+                lag.held.add("rolecall-cache-2")
+                write_keys(runtime, before, range(10, 30))
+                await lag.wait_offset("rolecall-cache-3", 30)
+                held_offset = lag.offsets["rolecall-cache-2"]
+
+                runtime.crash(before.member("cache-1").container_id)
+                timeline = await until(events, "converged")
+                after = supervisor.status("cache")
+                objects = await service_objects(runtime)
+
+        kinds = event_kinds(timeline)
+        lost = kinds.index(("member_lost", "cache-1"))
+        fenced = kinds.index(("member_fenced", "cache-1"))
+        failover = kinds.index(("failover", "cache-3"))
+        assert lost < fenced < failover < len(kinds) - 1
+        assert ("member_created", "cache-4") in kinds
+        assert ("member_removed", "cache-1") in kinds
+        assert held_offset < 30
+
+        assert after.primary == "cache-3"
+        assert [(m.id, m.role, m.following) for m in after.members] == [
+            ("cache-2", Role.REPLICA, "cache-3"),
+            ("cache-3", Role.PRIMARY, None),
+            ("cache-4", Role.REPLICA, "cache-3"),
+        ]
+        assert after.epoch > before.epoch
+        assert after.member("cache-3").epoch > before.member("cache-1").epoch
+        for member in ("cache-2", "cache-3", "cache-4"):
+            assert keys_of(runtime, after, member) == expected_keys(range(30))
+
+        assert sorted(objects[0]) == [
+            "rolecall-cache-2",
+            "rolecall-cache-3",
+            "rolecall-cache-4",
+        ]
+
+    async def test_a_failed_promotion_is_retried(self) -> None:
+        """When the promotion's role hook fails, the fenced primary stays down
+        and the next pass promotes the replica after all."""
+        lag = Lag()
+        runtime = kv_runtime(lag=lag.image())
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(
+                    service_spec(image="lag:fake", topology="redundant")
+                )
+                before = await converged(supervisor, events)
+                write_keys(runtime, before, range(10))
+                await lag.wait_offset("rolecall-cache-2", 10)
+                runtime.fail_next_exec(
+                    container_id="rolecall-cache-2", hook="role", stderr="no quorum"
+                )
+                runtime.crash(before.member("cache-1").container_id)
+                failed = await until(events, "step_failed")
+                during = supervisor.status("cache")
+                recovered = await until(events, "converged")
+                after = supervisor.status("cache")
+
+        assert ("member_fenced", "cache-1") in event_kinds(failed)
+        assert "no quorum" in failed[-1].detail
+        lost = during.member("cache-1")
+        assert (lost.alive, lost.ready, lost.role) == (False, False, Role.PRIMARY)
+        assert during.primary is None
+        assert during.last_error is not None
+        assert "no quorum" in during.last_error
+        assert ("failover", "cache-2") in event_kinds(recovered)
+        assert ("member_fenced", "cache-1") not in event_kinds(recovered)
+        assert after.primary == "cache-2"
+        assert [(m.id, m.role) for m in after.members] == [
+            ("cache-2", Role.PRIMARY),
+            ("cache-3", Role.REPLICA),
+        ]
+        assert keys_of(runtime, after, "cache-2") == expected_keys(range(10))
+
+    async def test_status_is_not_converged_while_a_failure_is_handled(self) -> None:
+        """After a member is lost, wait_converged waits for the recovery."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec(topology="redundant"))
+                before = await converged(supervisor, events)
+                runtime.crash(before.member("cache-2").container_id)
+                await until(events, "member_lost")
+                during = supervisor.status("cache")
+                after = await supervisor.wait_converged("cache")
+
+        assert not during.converged
+        assert after.converged
+        assert after.member("cache-2").alive
+        assert after.member("cache-2").role is Role.REPLICA
+
+
+class TestCrashedActors:
+    """A container actor that ended is replaced on the same container."""
+
+    async def test_a_crashed_container_actor_is_replaced(self) -> None:
+        """A member whose actor crashed gets a new actor, is prepared again and
+        takes its role back, on the same container with the same data."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec())
+                before = await converged(supervisor, events)
+                write_keys(runtime, before, range(5))
+                old_ref = crash_actor(supervisor)
+                await old_ref.wait_stopped()
+                timeline = await until(events, "converged")
+                after = supervisor.status("cache")
+                new_ref = supervisor.controllers["cache"].members["cache-1"].ref
+
+        assert old_ref.state is ActorState.CRASHED
+        assert new_ref is not old_ref
+        kinds = event_kinds(timeline)
+        assert kinds.index(("actor_replaced", "cache-1")) < kinds.index(
+            ("member_prepared", "cache-1")
+        )
+        assert ("role_applied", "cache-1") in kinds
+        member = after.member("cache-1")
+        assert (member.role, member.ready, member.epoch) == (Role.STANDALONE, True, 2)
+        assert member.container_id == before.member("cache-1").container_id
+        assert keys_of(runtime, after, "cache-1") == expected_keys(range(5))
+
+    async def test_a_primary_whose_actor_crashed_stays_primary(self) -> None:
+        """A new actor for the primary keeps its role: no replica is promoted."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec(topology="redundant"))
+                before = await converged(supervisor, events)
+                write_keys(runtime, before, range(5))
+                await crash_actor(supervisor).wait_stopped()
+                timeline = await until(events, "converged")
+                after = supervisor.status("cache")
+
+        kinds = [kind for kind, _ in event_kinds(timeline)]
+        assert "member_fenced" not in kinds
+        assert "failover" not in kinds
+        assert after.primary == "cache-1"
+        assert [(m.id, m.role, m.following) for m in after.members] == [
+            ("cache-1", Role.PRIMARY, None),
+            ("cache-2", Role.REPLICA, "cache-1"),
+        ]
+        assert after.member("cache-1").epoch > before.member("cache-1").epoch
+        assert keys_of(runtime, after, "cache-1") == expected_keys(range(5))
