@@ -112,6 +112,9 @@ class Supervisor:
             probe_interval=self.probe_interval,
         )
         self.controllers[spec.name] = controller
+        # A new service is a spec change like any other: its first pass
+        # runs at once, not one probe interval later.
+        controller.wake()
         self.task_group.start_soon(controller.run, name=f"service:{spec.name}")
         _log.info("service_applied", service=spec.name, topology=spec.topology)
 
