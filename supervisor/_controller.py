@@ -283,6 +283,10 @@ class ServiceController:
 
         assert isinstance(report, MemberStatus)  # noqa: S101  (Probe's reply type)
         member.record_status(report)
+        # Members keep the highest epoch they accepted, across restarts of
+        # rolecall too, and refuse older ones: the next role command must
+        # be newer than any of them.
+        self.epoch = max(self.epoch, report.epoch)
 
     async def _replace_actor(self, member: Member) -> None:
         # An actor ends on its own only when it crashed (a told message
@@ -367,6 +371,9 @@ class ServiceController:
 
     async def _prepare(self, member: Member) -> None:
         await member.ref.ask(Prepare(self.view()), timeout=_ASK_TIMEOUT)
+        # A container that outlived an earlier supervisor knows a newer
+        # epoch than this controller: learn it before sending a role.
+        await self._probe(member)
 
     async def _apply_role(self, member_id: str, step: ApplyRole) -> None:
         self.epoch += 1

@@ -88,11 +88,13 @@ class Member:
         ``synced`` only ever turns on: a replica whose link dropped still
         holds what it copied, up to its offset, and the moment its primary
         dies (and every link drops) is when a failover needs to know that.
+        Only a replica's report turns it on: a writer needs no flag (see
+        `observed`), and a member that calls itself standalone before it
+        was given any role holds none of the service's data.
         """
         self.healthy = report.healthy
         self.offset = report.replication_offset
-        if report.role in _WRITER_ROLES:
-            self.synced = True
+        if report.role is not Role.REPLICA:
             return
 
         synced = report.details.get("synced")

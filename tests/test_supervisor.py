@@ -360,6 +360,36 @@ class TestLifecycle:
         assert fake_kv_write(runtime, "rolecall-cache-1", "after", 1) == 6
         assert (runtime.running_execs, runtime.event_subscribers) == (0, 0)
 
+    async def test_a_new_supervisor_takes_up_where_the_last_one_left(
+        self,
+    ) -> None:
+        """A supervisor opened on running members learns their epoch and
+        converges without a failed pass, on the same container and data."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                await supervisor.apply(service_spec())
+                first = await supervisor.wait_converged("cache")
+                write_keys(runtime, first, range(5))
+                await supervisor.convert("cache", "redundant")
+                last = await supervisor.convert("cache", "standalone")
+
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec())
+                timeline = await until(events, "converged")
+                second = supervisor.status("cache")
+
+        assert last.epoch == 4
+        assert "step_failed" not in [kind for kind, _ in event_kinds(timeline)]
+        member = second.member("cache-1")
+        assert (member.role, member.epoch) == (Role.STANDALONE, 5)
+        assert member.container_id == last.member("cache-1").container_id
+        assert keys_of(runtime, second, "cache-1") == expected_keys(range(5))
+        assert len(await runtime.list_containers(labels={})) == 1
+
     async def test_leaving_does_not_wait_for_a_hung_hook(self) -> None:
         """A hook hanging at exit is killed, not waited for until its deadline."""
         runtime = kv_runtime()

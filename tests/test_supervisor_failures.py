@@ -3,6 +3,8 @@ container actors that crash."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 from supervisor_support import (
@@ -22,8 +24,9 @@ from supervisor_support import (
 )
 
 from rolecall.actors import ActorState
-from rolecall.hooks_protocol import Role
+from rolecall.hooks_protocol import HookName, Role
 from rolecall.supervisor import open_supervisor
+from rolecall.testing import KV_DATA_PATH, FakeHook, FakeHookCall, fake_kv_image
 
 pytestmark = pytest.mark.anyio
 
@@ -154,6 +157,35 @@ class TestFailures:
         ]
         assert keys_of(runtime, after, "cache-2") == expected_keys(range(10))
 
+    async def test_a_replica_that_never_synced_is_never_promoted(self) -> None:
+        """With no synced replica the lost primary is restarted in place, not
+        replaced by an empty replica."""
+        runtime = kv_runtime(nosync=_never_syncs("rolecall-cache-2"))
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(
+                    service_spec(image="nosync:fake", topology="redundant")
+                )
+                before = await converged(supervisor, events)
+                write_keys(runtime, before, range(10))
+                runtime.crash(before.member("cache-1").container_id)
+                timeline = await until(events, "converged")
+                after = supervisor.status("cache")
+
+        kinds = [kind for kind, _ in event_kinds(timeline)]
+        assert "member_fenced" not in kinds
+        assert ("member_restarted", "cache-1") in event_kinds(timeline)
+        assert after.primary == "cache-1"
+        assert [(m.id, m.role) for m in after.members] == [
+            ("cache-1", Role.PRIMARY),
+            ("cache-2", Role.REPLICA),
+        ]
+        assert keys_of(runtime, after, "cache-1") == expected_keys(range(10))
+        assert keys_of(runtime, after, "cache-2") == {}
+
     async def test_status_is_not_converged_while_a_failure_is_handled(self) -> None:
         """After a member is lost, wait_converged waits for the recovery."""
         runtime = kv_runtime()
@@ -233,3 +265,36 @@ class TestCrashedActors:
         ]
         assert after.member("cache-1").epoch > before.member("cache-1").epoch
         assert keys_of(runtime, after, "cache-1") == expected_keys(range(5))
+
+
+def _never_syncs(name: str) -> dict[str, FakeHook]:
+    """The key-value image, but container ``name`` never completes a sync."""
+    hooks = fake_kv_image()
+
+    def role(call: FakeHookCall) -> dict[str, Any]:
+        if call.container.name != name or call.request.get("role") != "replica":
+            result = hooks[HookName.ROLE](call)
+            assert isinstance(result, dict)  # the key-value hooks are synchronous
+            return result
+
+        disk = call.volumes[KV_DATA_PATH]
+        disk.update(role="replica", epoch=call.request["epoch"], link_up=False)
+        return {"role": "replica", "epoch": disk["epoch"], "link_up": False}
+
+    def status(call: FakeHookCall) -> dict[str, Any]:
+        disk = call.volumes[KV_DATA_PATH]
+        if call.container.name != name or disk.get("role") != "replica":
+            result = hooks[HookName.STATUS](call)
+            assert isinstance(result, dict)  # the key-value hooks are synchronous
+            return result
+
+        return {
+            "role": "replica",
+            "healthy": True,
+            "replication_offset": disk["offset"],
+            "link_up": False,
+            "epoch": disk["epoch"],
+            "details": {"synced": False},
+        }
+
+    return {**hooks, HookName.ROLE: role, HookName.STATUS: status}
