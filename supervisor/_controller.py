@@ -327,15 +327,18 @@ class ServiceController:
     # -- acting --------------------------------------------------------------
 
     async def _execute(self, step: Step) -> None:
+        if isinstance(step, CreateMember | RestartMember):
+            # The container comes first, with its own line on the timeline,
+            # so that a hook failing next does not hide that it exists.
+            if isinstance(step, CreateMember):
+                await self._create(step.member)
+            else:
+                await self._restart(step.member)
+
+            step = PrepareMember(step.member)
+
         started = time.monotonic()
         match step:
-            case CreateMember(member=member_id):
-                await self._create(member_id)
-                detail = f"created container {self.members[member_id].name}"
-                kind = "member_created"
-            case RestartMember(member=member_id):
-                await self._restart(member_id)
-                detail, kind = "restarted its container", "member_restarted"
             case PrepareMember(member=member_id):
                 await self._prepare(self.members[member_id])
                 detail, kind = "ran plan, configure, start", "member_prepared"
@@ -353,21 +356,33 @@ class ServiceController:
         self._event(kind, member_id, detail, duration=time.monotonic() - started)
 
     async def _create(self, member_id: str) -> None:
+        started = time.monotonic()
         number = self.next_number
         self.next_number += 1
         member = await self.spawner.create(
             self.spec, self.plan, self.convention, member_id, number
         )
         self.members[member_id] = member
-        await self._prepare(member)
+        self._event(
+            "member_created",
+            member_id,
+            f"created container {member.name}",
+            duration=time.monotonic() - started,
+        )
 
     async def _restart(self, member_id: str) -> None:
+        started = time.monotonic()
         member = self.members[member_id]
         await self.spawner.restart(self.spec, self.plan, member)
         member.actor.container_restarted()
         member.alive = True
         member.fenced = False
-        await self._prepare(member)
+        self._event(
+            "member_restarted",
+            member_id,
+            "restarted its container",
+            duration=time.monotonic() - started,
+        )
 
     async def _prepare(self, member: Member) -> None:
         await member.ref.ask(Prepare(self.view()), timeout=_ASK_TIMEOUT)

@@ -140,6 +140,10 @@ class TestConvergence:
                 recovered = await until(events, "converged")
                 after = supervisor.status("cache")
 
+        assert event_kinds(failed) == [
+            ("member_created", "cache-1"),
+            ("step_failed", None),
+        ]
         assert "cannot write redis.conf" in failed[-1].detail
         assert during.last_error is not None
         assert "hook 'configure' of member 'cache-1'" in during.last_error
