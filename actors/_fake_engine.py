@@ -13,7 +13,13 @@ import hashlib
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+)
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -82,6 +88,11 @@ class _FakeEngine:
     _ids_by_name: dict[str, str] = field(factory=dict, init=False)
     # Name or network alias -> ids of the containers in _containers it names.
     _ids_by_host: dict[str, list[str]] = field(factory=dict, init=False)
+    # (label key, value) -> ids of the containers in _containers carrying
+    # it, oldest first (values unused); a pair leaves with its last one.
+    _ids_by_label: dict[tuple[str, str], dict[str, None]] = field(
+        factory=dict, init=False
+    )
     # Host port -> id of the live container it is published for.
     _ids_by_host_port: dict[int, str] = field(factory=dict, init=False)
     # Name -> volume; data stays until the volume itself is removed.
@@ -159,6 +170,9 @@ class _FakeEngine:
         for host in _hosts(spec):
             self._ids_by_host.setdefault(host, []).append(container_id)
 
+        for pair in spec.labels.items():
+            self._ids_by_label.setdefault(pair, {})[container_id] = None
+
         self._emit("create", container)
 
         return container.info()
@@ -230,6 +244,12 @@ class _FakeEngine:
             if not ids:
                 del self._ids_by_host[host]
 
+        for pair in container.labels.items():
+            carriers = self._ids_by_label[pair]
+            del carriers[container.id]
+            if not carriers:
+                del self._ids_by_label[pair]
+
         self._emit("destroy", container)
 
     async def inspect_container(self, container_id: str) -> ContainerInfo:
@@ -243,10 +263,22 @@ class _FakeEngine:
     ) -> list[ContainerInfo]:
         """Every container carrying all of ``labels``, oldest first."""
         await anyio.lowlevel.checkpoint()
+        # Only the carriers of the rarest wanted label are looked at, so a
+        # service's pass costs its own members, not every container.
+        candidates: Collection[str] = self._containers.keys()
+        for pair in labels.items():
+            carriers = self._ids_by_label.get(pair)
+            if carriers is None:
+                return []
+
+            if len(carriers) < len(candidates):
+                candidates = carriers.keys()
+
+        containers = [self._containers[id_] for id_ in candidates]
 
         return [
             container.info()
-            for container in self._containers.values()
+            for container in containers
             if _carries(container.labels, labels)
         ]
 
