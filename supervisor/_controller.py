@@ -269,6 +269,10 @@ class ServiceController:
         try:
             report = await member.ref.ask(Probe(self.view()), timeout=_ASK_TIMEOUT)
         except ContainerGoneError:
+            # The container died between the listing and this probe: the
+            # same loss the listing would have shown a moment later.
+            if member.alive:
+                self._lost(member, None)
             member.alive = False
             return
         except RolecallError as error:

@@ -224,9 +224,7 @@ async def test_failover_promotes_a_replica_holding_every_confirmed_write(
         labels=_case(docker_case, **{LABEL_MEMBER: old.id})
     )
     by_kind = {e.kind: e for e in seen}
-    # member_lost and failover go missing when a probe races the kill: the
-    # xfail test below pins that, and joins these kinds once it is fixed.
-    key_kinds = ("member_fenced", "converged")
+    key_kinds = ("member_lost", "member_fenced", "failover", "converged")
 
     assert len(confirmed) == KEYS
     assert _kinds(seen, *key_kinds) == list(key_kinds)
@@ -397,13 +395,6 @@ class _KillAfterListing:
         return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor/_controller.py `_probe` marks a member dead on"
-    " ContainerGoneError without `_lost`, so the next pass never emits"
-    " member_lost, never sets `_writer_lost_at`, and the failover goes"
-    " unreported (about one real failover in three here)",
-)
 async def test_primary_dying_during_a_probe_is_reported_lost_and_failed_over(
     docker_runtime: DockerRuntime, docker_case: DockerLab, redis_image: str
 ) -> None:
