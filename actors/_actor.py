@@ -34,8 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import anyio
-from attrs import define, field, frozen
+from attrs import define, frozen
 
 from rolecall.hooks_protocol import AskTimeoutError
 
@@ -43,6 +42,7 @@ from ._mailbox import MailboxStatistics
 
 if TYPE_CHECKING:
     from ._actor_ref import ActorRef
+    from ._backend import ReplySlot
 
 __all__ = [
     "Actor",
@@ -217,8 +217,9 @@ class _Ask:
     """An asked message with the slot its reply goes to."""
 
     message: object
-    # Set once, when the outcome or the error is in place.
-    done: anyio.Event = field(factory=anyio.Event)
+    # Set once, when the outcome or the error is in place (or, on asyncio,
+    # when the asker was cancelled while it waited).
+    done: ReplySlot
     # The handler's return value, once done without error.
     outcome: object = None
     # The error to raise in the asker, once done with one.

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Generic
 
 import anyio
 import structlog
-from anyio.lowlevel import checkpoint
 from attrs import define, field
 
 from rolecall.hooks_protocol import ActorStoppedError
@@ -28,6 +27,7 @@ from ._actor import (
     _Phase,
     _timed_out,
 )
+from ._backend import LoopOps
 from ._mailbox import Mailbox, OverflowPolicy
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class ActorRef(Generic[M_contra]):
     _name: str
     _mailbox: Mailbox[Any]
     _spawner: ActorSpawner
+    # The spawner's bound event-loop operations (reply slots, clock).
+    _ops: LoopOps
     _parent: ActorRef[ChildCrashed] | None
     # Where the actor is in its life; never changes again once ended.
     _state: ActorState
@@ -133,7 +135,8 @@ class ActorRef(Generic[M_contra]):
             ActorStoppedError: The actor stopped before it answered.
             Exception: Whatever the handler raised, as raised.
         """
-        envelope = _Ask(message)
+        ops = self._ops
+        envelope = _Ask(message, ops.reply_slot())
         mailbox = self._mailbox
         if timeout is None:
             if not mailbox.offer(envelope):
@@ -141,7 +144,7 @@ class ActorRef(Generic[M_contra]):
         else:
             # One timer task per spawner watches deadlines: a cancel scope
             # per ask would cost about as much as the whole round trip.
-            deadline = anyio.current_time() + timeout
+            deadline = ops.current_time() + timeout
             if not mailbox.offer(envelope):
                 await self._send_before(envelope, deadline, timeout)
 
@@ -293,6 +296,7 @@ class ActorRef(Generic[M_contra]):
         # The hot loop: locals spare attribute look-ups on every message.
         take = self._mailbox.receive_nowait
         handle = self._actor.handle
+        checkpoint = self._ops.checkpoint
         lingered = False
         while True:
             try:

@@ -19,6 +19,7 @@ from attrs import define, field
 
 from ._actor import Actor, ActorState, ChildCrashed, _Ask, _timed_out
 from ._actor_ref import ActorRef
+from ._backend import LoopOps, bind_loop_ops
 from ._mailbox import DEFAULT_CAPACITY, Mailbox, OverflowPolicy
 
 __all__ = ["ActorSpawner", "open_spawner"]
@@ -71,6 +72,8 @@ class ActorSpawner:
     _next: float = field(default=math.inf, init=False)
     # Set to make the watcher look at the heap again; None before it runs.
     _wake: anyio.Event | None = field(default=None, init=False)
+    # The event loop's hot-path operations; bound by the first spawn.
+    _ops: LoopOps | None = field(default=None, init=False)
 
     async def spawn(
         self,
@@ -120,13 +123,22 @@ class ActorSpawner:
         mailbox: Mailbox[Any] = Mailbox(
             name, capacity=capacity, overflow=overflow, coalesce_key=key_of
         )
+        ops = self._ops
+        if ops is None:
+            ops = self._ops = bind_loop_ops()
+
         if self._watcher is None:
             self._watcher = anyio.CancelScope()
             self._task_group.start_soon(self._watch, self._watcher)
 
-        startup = None if kind.on_start is Actor.on_start else _Ask(None)
+        startup = None
+        if kind.on_start is not Actor.on_start:
+            startup = _Ask(None, ops.reply_slot())
+
         state = ActorState.RUNNING if startup is None else ActorState.STARTING
-        ref: ActorRef[M] = ActorRef(actor, name, mailbox, self, parent, state, startup)
+        ref: ActorRef[M] = ActorRef(
+            actor, name, mailbox, self, ops, parent, state, startup
+        )
         actor._ref = ref
         self._live.add(ref)
         if startup is None:

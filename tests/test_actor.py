@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from functools import partial
 
 import anyio
 import pytest
@@ -242,6 +243,24 @@ async def test_a_failure_after_the_asker_left_is_logged() -> None:
         ("abandoned_ask_failed", "late")
     ]
     assert logs[0]["log_level"] == "warning"
+
+
+@pytest.mark.anyio
+async def test_a_reply_to_a_cancelled_asker_is_dropped() -> None:
+    """A reply to an asker cancelled while it waited goes nowhere; the actor goes on."""
+    probe = Probe()
+    with anyio.fail_after(LIMIT):
+        async with open_spawner() as spawner:
+            ref = await spawner.spawn(probe, name="left")
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(partial(ref.ask, "wait", timeout=None))
+                    await probe.entered.wait()
+                    scope.cancel()
+
+            probe.gate.set()
+            assert await ref.ask("next", timeout=LIMIT) == ("echo", "next")
+            assert ref.statistics().handled_total == 2
 
 
 @pytest.mark.anyio
