@@ -40,6 +40,7 @@ from rolecall.hooks_protocol import (
     MemberStatus,
     Plan,
     RolecallError,
+    SpecError,
 )
 
 from ._members import Member, MemberSpawner
@@ -109,6 +110,8 @@ class ServiceController:
     last_error: str | None = None
     # Consecutive failed passes; drives the retry backoff.
     failures: int = 0
+    # While True a lost writer is fenced but no replica is promoted.
+    failover_paused: bool = False
     # Set to wake the loop early (engine event, spec change).
     _wake: anyio.Event = field(factory=anyio.Event)
     # Set (and replaced) after every pass, for waiters.
@@ -142,6 +145,29 @@ class ServiceController:
             member.dirty = True
 
         self.wake()
+
+    def pause_failover(self) -> None:
+        """Fence a lost writer but promote no replica until resumed."""
+        self.failover_paused = True
+        self.wake()
+
+    def resume_failover(self) -> None:
+        """Promote a replica again when the writer is lost."""
+        self.failover_paused = False
+        self.wake()
+
+    async def switchover(self, member_id: str, *, timeout: float) -> ServiceStatus:
+        """Hand writes to ``member_id`` without losing acknowledged writes.
+
+        Raises:
+            SpecError: Unknown member, or one that cannot take over.
+            ConvergenceTimeoutError: It did not finish in ``timeout`` s.
+        """
+        raise SpecError(
+            f"switchover of service {self.spec.name!r} to {member_id!r}"
+            " is not available yet",
+            service=self.spec.name,
+        )
 
     async def wait_converged(self, *, timeout: float) -> ServiceStatus:
         """Wait until a pass finds nothing to do for the current spec.
@@ -220,6 +246,7 @@ class ServiceController:
             primary=writer.id if writer else None,
             members=tuple(self._view(m) for m in self.members.values()),
             last_error=self.last_error,
+            failover_paused=self.failover_paused,
         )
 
     def view(self) -> ServiceView:

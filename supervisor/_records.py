@@ -56,6 +56,7 @@ class ServiceStatus:
         primary: The member taking writes, if any.
         members: Every member, oldest first.
         last_error: The error that ended the last failed pass, if any.
+        failover_paused: Whether promoting a replica is paused for it.
     """
 
     name: str
@@ -67,6 +68,7 @@ class ServiceStatus:
     primary: str | None
     members: tuple[MemberView, ...] = ()
     last_error: str | None = None
+    failover_paused: bool = False
 
     def member(self, member_id: str) -> MemberView:
         """The view of one member.

@@ -173,6 +173,44 @@ class Supervisor:
         await self.runtime.remove_network(network_name(service))
         _log.info("service_removed", service=service)
 
+    # -- failover control ----------------------------------------------------
+
+    def pause_failover(self, service: str) -> None:
+        """Stop promoting replicas of ``service`` until `resume_failover`.
+
+        While paused, a lost primary is still reported and fenced, but no
+        replica is promoted in its place; everything else (replacing lost
+        replicas, probing) goes on. ``ServiceStatus.failover_paused`` says so.
+
+        Raises:
+            SpecError: No such service.
+        """
+        self._controller(service).pause_failover()
+
+    def resume_failover(self, service: str) -> None:
+        """Allow ``service`` to promote a replica again; wakes its controller.
+
+        Raises:
+            SpecError: No such service.
+        """
+        self._controller(service).resume_failover()
+
+    async def switchover(
+        self, service: str, member: str, *, timeout: float = 60.0
+    ) -> ServiceStatus:
+        """Make ``member`` the primary of ``service`` without losing writes.
+
+        Writes stop on the old primary first; ``member`` takes over only
+        once it has caught up with every write the old primary
+        acknowledged; then the other members follow it.
+
+        Raises:
+            SpecError: No such service, no such member, or one that cannot
+                take over (not a synced, healthy replica).
+            ConvergenceTimeoutError: It did not finish in ``timeout`` s.
+        """
+        return await self._controller(service).switchover(member, timeout=timeout)
+
     # -- reading -------------------------------------------------------------
 
     def status(self, service: str) -> ServiceStatus:
