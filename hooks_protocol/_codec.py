@@ -54,7 +54,13 @@ from ._hook_data import (
     status_from_data,
     status_to_data,
 )
-from ._records import HookPayload, HookResult, MemberInfo
+from ._records import (
+    HookPayload,
+    HookResult,
+    MemberInfo,
+    _decoded_payload,
+    _decoded_result,
+)
 from ._vocabulary import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
@@ -137,7 +143,7 @@ def decode_payload(data: bytes, encoding: Encoding = Encoding.MSGPACK) -> HookPa
         MessageDecodeError: ``data`` is not a well-formed payload.
     """
     _check_size(data, MAX_PAYLOAD_BYTES, "payload")
-    wire = _load(data, encoding, "payload", MAX_PAYLOAD_BYTES)
+    wire = _load(data, encoding, "payload")
     _check_version(wire, "payload")
 
     return _payload_from_wire(wire)
@@ -186,7 +192,7 @@ def decode_result(data: bytes, encoding: Encoding = Encoding.MSGPACK) -> HookRes
     if not data or (encoding == Encoding.JSON and data.isspace()):
         return HookResult()
 
-    wire = _load(data, encoding, "result", MAX_RESULT_BYTES)
+    wire = _load(data, encoding, "result")
     _check_version(wire, "result")
 
     return _result_from_wire(wire, encoding)
@@ -209,17 +215,17 @@ def _dump(wire: dict[str, Any], encoding: Encoding, what: str) -> bytes:
     return text.encode()
 
 
-def _load(data: bytes, encoding: Encoding, what: str, limit: int) -> dict[str, Any]:
+def _load(data: bytes, encoding: Encoding, what: str) -> dict[str, Any]:
     try:
         if encoding == Encoding.MSGPACK:
+            # Strings, arrays and maps are held to the data's own length by
+            # msgpack's defaults, and the data to the limit by the caller;
+            # ``bin`` and ``ext`` are refused outright.
             wire = msgpack.unpackb(
                 data,
                 raw=False,
-                max_str_len=limit,
                 max_bin_len=0,
                 max_ext_len=0,
-                max_array_len=limit,
-                max_map_len=limit // 2,
                 ext_hook=_refuse_ext,
             )
         else:
@@ -336,7 +342,7 @@ def _payload_from_wire(wire: dict[str, Any]) -> HookPayload:
                 f"got a {type(value).__name__}; quote the value in the spec"
             )
 
-    return HookPayload(
+    return _decoded_payload(
         hook=_enum(hook, _HOOKS, "payload.hook"),
         service=service,
         member=_member_from_wire(member, "payload.member"),
@@ -423,4 +429,4 @@ def _result_from_wire(wire: dict[str, Any], encoding: Encoding) -> HookResult:
     if type(message) is not str:
         raise _bad("result.message", "a string", message)
 
-    return HookResult(data=data, message=message)
+    return _decoded_result(data=data, message=message)

@@ -7,10 +7,10 @@ readings of the ``plan`` and ``status`` hooks' data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import field, frozen
+from attrs import field, fields, frozen
 
 from ._vocabulary import PROTOCOL_VERSION, HookName, Role, Topology
 
@@ -130,3 +130,67 @@ class MemberStatus:
     link_up: bool | None = None
     epoch: int = 0
     details: dict[str, Any] = field(factory=dict, converter=_frozen_dict)
+
+
+# -- records from a decoder ----------------------------------------------------
+
+_Setter = Callable[[object, object], None]
+
+
+def _slot_setters(cls: type) -> tuple[_Setter, ...]:
+    """Each field's slot setter, in field order; they pass a frozen class."""
+    return tuple(getattr(cls, spec.name).__set__ for spec in fields(cls))
+
+
+# Unpacked here so that a field added to a record, and missing from its
+# builder below, fails at import instead of leaving a field unset.
+(
+    _set_hook,
+    _set_service,
+    _set_member,
+    _set_members,
+    _set_config,
+    _set_env,
+    _set_request,
+    _set_payload_protocol,
+) = _slot_setters(HookPayload)
+_set_data, _set_message, _set_result_protocol = _slot_setters(HookResult)
+
+
+def _decoded_payload(
+    *,
+    hook: HookName,
+    service: str,
+    member: MemberInfo,
+    members: tuple[MemberInfo, ...],
+    config: dict[str, Any],
+    env: dict[str, str],
+    request: dict[str, Any],
+) -> HookPayload:
+    """A payload from the codec's checked values, its maps taken as they are.
+
+    ``HookPayload(...)`` copies every map it is given, to keep the caller's
+    later changes out of the record; a decoder's maps are new and its own,
+    and those copies were the larger part of a decode.
+    """
+    payload = object.__new__(HookPayload)
+    _set_hook(payload, hook)
+    _set_service(payload, service)
+    _set_member(payload, member)
+    _set_members(payload, members)
+    _set_config(payload, config)
+    _set_env(payload, env)
+    _set_request(payload, request)
+    _set_payload_protocol(payload, PROTOCOL_VERSION)
+
+    return payload
+
+
+def _decoded_result(*, data: dict[str, Any], message: str) -> HookResult:
+    """A result from the codec's checked values, as `_decoded_payload`."""
+    result = object.__new__(HookResult)
+    _set_data(result, data)
+    _set_message(result, message)
+    _set_result_protocol(result, PROTOCOL_VERSION)
+
+    return result
