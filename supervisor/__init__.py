@@ -7,6 +7,7 @@ it so and keeps it so.
 
 from __future__ import annotations
 
+from ._member_hooks import DATA_HOOKS, run_member_hook
 from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
 from ._reconciler import (
     ApplyRole,
@@ -25,6 +26,7 @@ from ._spec import ServiceSpec, check_plan, validate_spec
 from ._supervisor import Supervisor, open_supervisor
 
 __all__ = [
+    "DATA_HOOKS",
     "LABEL_MANAGED",
     "LABEL_MEMBER",
     "LABEL_NUMBER",
@@ -46,5 +48,6 @@ __all__ = [
     "choose_primary",
     "open_supervisor",
     "plan_steps",
+    "run_member_hook",
     "validate_spec",
 ]
