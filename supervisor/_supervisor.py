@@ -42,6 +42,7 @@ from rolecall.hooks_protocol import (
 from ._controller import ServiceController
 from ._members import MemberSpawner
 from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE, network_name
+from ._reconciler import Step, plan_steps
 from ._records import ServiceEvent, ServiceStatus
 from ._spec import ServiceSpec, check_plan, validate_spec
 
@@ -173,6 +174,20 @@ class Supervisor:
         await self.runtime.remove_network(network_name(service))
         _log.info("service_removed", service=service)
 
+    async def release(self, service: str) -> None:
+        """Stop managing a service and leave it running.
+
+        Its actors stop; its containers, volumes and network stay as they
+        are, as when the whole control plane stops.
+
+        Raises:
+            SpecError: No such service.
+        """
+        controller = self._controller(service)
+        del self.controllers[service]
+        await controller.aclose(remove=False)
+        _log.info("service_released", service=service)
+
     # -- failover control ----------------------------------------------------
 
     def pause_failover(self, service: str) -> None:
@@ -224,6 +239,29 @@ class Supervisor:
     def statuses(self) -> list[ServiceStatus]:
         """A snapshot of every service, by name."""
         return [self.controllers[name].status() for name in sorted(self.controllers)]
+
+    def plan(self, service: str) -> Plan:
+        """The plan of a service's image: what every member can do.
+
+        Raises:
+            SpecError: No such service.
+        """
+        return self._controller(service).plan
+
+    def pending_steps(self, spec: ServiceSpec) -> list[Step]:
+        """The steps a pass would take now to bring ``spec``'s service to it.
+
+        Planned from the service's last observation, without acting; a
+        service not managed yet plans from nothing. Progress reports use
+        the count; a pass may take more steps when what it observes
+        changes meanwhile.
+        """
+        controller = self.controllers.get(spec.name)
+        if controller is None:
+            return plan_steps(spec, [], next_number=1)
+
+        observed = [member.observed() for member in controller.members.values()]
+        return plan_steps(spec, observed, next_number=controller.next_number)
 
     @asynccontextmanager
     async def open_timeline(self) -> AsyncIterator[AsyncIterator[ServiceEvent]]:
