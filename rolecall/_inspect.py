@@ -1,8 +1,9 @@
-"""Read what runs from the engine alone, for ``rolecall status``.
+"""What the CLI does on the engine alone, when no runner answers.
 
-Until a runner holds the desired state, ``status`` asks every container
-rolecall manages for its own view through its ``status`` hook: the image
-knows its role, the labels know its service and member.
+``rolecall status`` asks every container rolecall manages for its own view
+through its ``status`` hook: the image knows its role, the labels know its
+service and member. ``rolecall down`` removes what carries a service's
+labels, which is how containers left by a stopped runner are cleared.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rolecall.hooks_protocol import (
 )
 from rolecall.supervisor import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE
 
-__all__ = ["describe_services"]
+__all__ = ["describe_services", "remove_service"]
 
 _STATUS_TIMEOUT = 10.0
 
@@ -36,7 +37,8 @@ async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
     """Every service rolecall manages on the engine, with its members.
 
     Returns:
-        Plain dicts (JSON-ready): ``name`` and ``members``, each member with
+        Plain dicts (JSON-ready): ``name``, ``source`` (``engine``) and
+        ``members``, each member with
         ``id``, ``container``, ``state``, ``role``, ``healthy``, ``epoch``,
         ``offset``, ``published`` and ``error`` (why ``status`` failed).
     """
@@ -50,9 +52,34 @@ async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
             group.start_soon(_describe, runtime, container, service, row)
 
     return [
-        {"name": name, "members": sorted(rows, key=lambda r: str(r["id"]))}
+        {
+            "name": name,
+            "source": "engine",
+            "members": sorted(rows, key=lambda r: str(r["id"])),
+        }
         for name, rows in sorted(services.items())
     ]
+
+
+async def remove_service(runtime: ContainerRuntime, service: str) -> list[str]:
+    """Remove a service's containers, volumes and network by their labels.
+
+    Returns:
+        The names of the containers removed; empty when the engine holds
+        nothing of the service.
+    """
+    labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
+    containers = await runtime.list_containers(labels=labels)
+    for container in containers:
+        await runtime.remove_container(container.id)
+
+    for volume in await runtime.list_volumes(labels=labels):
+        await runtime.remove_volume(volume)
+
+    for network in await runtime.list_networks(labels=labels):
+        await runtime.remove_network(network)
+
+    return sorted(container.name for container in containers)
 
 
 async def _describe(

@@ -8,16 +8,79 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
 
 import structlog
+from attrs import define, field
 
-__all__ = ["LOG_LEVELS", "configure_logging"]
+__all__ = ["LOG_LEVELS", "Redactor", "configure_logging"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+_MASK = "***"
 
-def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
+
+@define
+class Redactor:
+    """A structlog processor that masks secret values wherever they appear.
+
+    Hooks and the supervisor mask secrets themselves; this is the last line
+    before a log line is written, so that a value marked secret never
+    reaches the log even when a message quotes it by accident.
+    """
+
+    # The values to mask, longest first so that one containing another is
+    # masked whole; replaced as a whole by `update`.
+    _secrets: tuple[str, ...] = field(default=())
+
+    def update(self, secrets: Iterable[str]) -> None:
+        """Mask these values from now on (and no others)."""
+        kept = {value for value in secrets if value}
+        self._secrets = tuple(sorted(kept, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret value replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, _MASK)
+
+        return text
+
+    def __call__(
+        self, logger: object, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """Mask secrets in every value of a log event."""
+        del logger, method
+        if not self._secrets:
+            return event
+
+        for key, value in event.items():
+            event[key] = self._masked(value)
+
+        return event
+
+    def _masked(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.mask(value)
+
+        if isinstance(value, dict):
+            return {key: self._masked(item) for key, item in value.items()}
+
+        if isinstance(value, list | tuple):
+            return [self._masked(item) for item in value]
+
+        if isinstance(value, BaseException):
+            return self.mask(str(value))
+
+        return value
+
+
+def configure_logging(
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
+) -> None:
     """Send rolecall's structured logs to ``stream`` (stderr by default).
 
     Human-readable key=value lines on a terminal, JSON lines otherwise.
@@ -25,6 +88,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     Args:
         level: The lowest level shown: debug, info, warning or error.
         stream: Where lines go.
+        redactor: Masks secret values in every line, when given.
     """
     out = stream or sys.stderr
     renderer: structlog.typing.Processor
@@ -33,14 +97,17 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     else:
         renderer = structlog.processors.JSONRenderer()
 
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if redactor is not None:
+        processors.append(redactor)
+
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

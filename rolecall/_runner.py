@@ -1,0 +1,385 @@
+"""The runner: the control plane for the services of a spec file.
+
+`Runner` holds what the runner knows besides the supervisor's state: the
+spec file's entries as last accepted, a history of timeline events, and the
+operations started through the control API. `run_runner` is
+``rolecall run``: it takes the state directory's lock, starts the
+supervisor and the control socket, and handles signals until told to stop.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from attrs import define, field
+
+from rolecall.actors import ContainerRuntime
+from rolecall.hooks_protocol import RolecallError, SpecError, Topology
+from rolecall.supervisor import (
+    LABEL_MANAGED,
+    LABEL_SERVICE,
+    ServiceEvent,
+    ServiceSpec,
+    Supervisor,
+    check_plan,
+)
+
+from ._control_protocol import CONTROL_PROTOCOL, plan_data, status_to_data
+from ._errors import ControlError, UnadoptedServiceError
+from ._logging import Redactor
+from ._spec_file import ServiceEntry, SpecFile, load_spec_file, resolve_specs
+from ._version import __version__
+
+__all__ = ["HISTORY", "Operation", "Runner"]
+
+_log = structlog.get_logger("rolecall.runner")
+
+HISTORY = 1000  # timeline events the runner keeps for `rolecall events`
+
+
+@define(eq=False)
+class Operation:
+    """A long operation that runs in the runner's task group.
+
+    It goes on when the client that asked for it leaves (Ctrl-C in the
+    CLI): the runner, not the connection, owns it.
+    """
+
+    name: str
+    service: str
+    started: float = field(factory=time.monotonic)
+    # Set once the operation has ended, with `result` or `error` filled.
+    done: anyio.Event = field(factory=anyio.Event)
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+@define(eq=False)
+class Runner:
+    """The runner's state and the operations of the control API.
+
+    Args:
+        supervisor: The control plane.
+        runtime: The engine.
+        spec_path: The spec file, read again on reload.
+        state_dir: The state directory.
+        task_group: Runs operations and the runner's loops.
+        redactor: Masks every secret value ever read from the spec file.
+        docker_url: The engine's address, for building example images.
+    """
+
+    supervisor: Supervisor
+    runtime: ContainerRuntime
+    spec_path: Path
+    state_dir: Path
+    task_group: TaskGroup
+    redactor: Redactor = field(factory=Redactor)
+    docker_url: str | None = None
+    started_at: float = field(factory=time.time)
+    # The spec file's entries as last accepted (at start or reload).
+    entries: dict[str, ServiceEntry] = field(factory=dict)
+    # Every secret value read from any version of the spec file; masking
+    # keeps the old ones, since actors may still quote them.
+    secrets: set[str] = field(factory=set)
+    # The last `HISTORY` timeline events, with their sequence numbers.
+    history: collections.deque[tuple[int, ServiceEvent]] = field(
+        factory=lambda: collections.deque(maxlen=HISTORY)
+    )
+    # Sequence number of the newest event in `history`; 0 before any.
+    last_seq: int = 0
+    # The newest event of each service, for status's "last change".
+    last_change: dict[str, ServiceEvent] = field(factory=dict)
+    # Set (and replaced) whenever an event is recorded.
+    _new_event: anyio.Event = field(factory=anyio.Event)
+    # Held by a reload, so two never interleave.
+    _reload_lock: anyio.Lock = field(factory=anyio.Lock)
+
+    # -- spec file -----------------------------------------------------------
+
+    async def load(self, spec_file: SpecFile) -> list[str]:
+        """Make the file's services the desired state.
+
+        Services whose entry did not change since the last accepted file
+        are left alone, so a conversion asked through the control API
+        lasts until the entry itself changes. Services gone from the file
+        are released: no longer managed, left running.
+
+        Returns:
+            The services applied.
+
+        Raises:
+            RolecallError: The file asks for something rolecall cannot do;
+                nothing was applied.
+        """
+        self._remember_secrets(spec_file)
+        changed = {
+            name
+            for name, entry in spec_file.services.items()
+            if self.entries.get(name) != entry
+        }
+        specs = await resolve_specs(
+            spec_file, names=changed, docker_url=self.docker_url
+        )
+        for name in sorted(changed):
+            await self._check(specs[name])
+
+        for name in sorted(changed):
+            await self.supervisor.apply(specs[name])
+
+        for name in sorted(set(self.entries) - set(spec_file.services)):
+            if name in self.supervisor.controllers:
+                await self.supervisor.release(name)
+                _log.warning(
+                    "service_left_running",
+                    service=name,
+                    reason="gone from the spec file; its containers keep running",
+                )
+
+        self.entries = dict(spec_file.services)
+
+        return sorted(changed)
+
+    async def reload(self) -> bool:
+        """Read the spec file again and reconcile to it (SIGHUP).
+
+        A file with errors is rejected whole and the running state kept.
+
+        Returns:
+            Whether the file was accepted.
+        """
+        async with self._reload_lock:
+            started = time.monotonic()
+            try:
+                spec_file = load_spec_file(self.spec_path)
+                applied = await self.load(spec_file)
+            except RolecallError as error:
+                _log.error(
+                    "spec_rejected",
+                    path=str(self.spec_path),
+                    error=str(error),
+                    kept=sorted(self.entries),
+                )
+                return False
+
+            _log.info(
+                "spec_reloaded",
+                path=str(self.spec_path),
+                applied=applied,
+                services=sorted(self.entries),
+                duration_ms=_ms_since(started),
+            )
+
+            return True
+
+    async def _check(self, spec: ServiceSpec) -> None:
+        managed = spec.name in self.supervisor.controllers
+        if managed and self.supervisor.status(spec.name).image != spec.image:
+            raise SpecError(
+                f"service {spec.name!r} runs image"
+                f" {self.supervisor.status(spec.name).image!r}; changing the"
+                " image of a running service is not supported: take it down"
+                f" first (`rolecall down {spec.name}`)",
+                service=spec.name,
+            )
+
+        plan, _ = await self.supervisor.probe_plan(spec)
+        check_plan(spec, plan)
+        if not managed:
+            await self._refuse_leftovers(spec.name)
+
+    async def _refuse_leftovers(self, service: str) -> None:
+        found = await self.runtime.list_containers(
+            labels={LABEL_MANAGED: "true", LABEL_SERVICE: service}
+        )
+        if not found:
+            return
+
+        names = tuple(sorted(info.name for info in found))
+        raise UnadoptedServiceError(
+            f"service {service!r} already has containers on the engine"
+            f" ({', '.join(names)}), left by an earlier runner; this version"
+            " cannot adopt them yet: remove them with `rolecall down"
+            f" {service}` (no runner needed), or rename the service",
+            service=service,
+            containers=names,
+        )
+
+    def _remember_secrets(self, spec_file: SpecFile) -> None:
+        self.secrets |= spec_file.secrets()
+        self.redactor.update(self.secrets)
+
+    # -- events --------------------------------------------------------------
+
+    async def record_events(self) -> None:
+        """Keep the timeline's recent events; runs until cancelled."""
+        async with self.supervisor.open_timeline() as events:
+            async for event in events:
+                self.last_seq += 1
+                self.history.append((self.last_seq, event))
+                self.last_change[event.service] = event
+                woken, self._new_event = self._new_event, anyio.Event()
+                woken.set()
+
+    def events_after(
+        self, seq: int, *, service: str | None = None
+    ) -> list[tuple[int, ServiceEvent]]:
+        """Recorded events newer than ``seq``, of ``service`` if given."""
+        return [
+            (number, event)
+            for number, event in self.history
+            if number > seq and (service is None or event.service == service)
+        ]
+
+    async def wait_event(self, seq: int) -> None:
+        """Return once an event newer than ``seq`` has been recorded."""
+        while self.last_seq <= seq:
+            await self._new_event.wait()
+
+    # -- reading -------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Who this runner is, for status replies."""
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": CONTROL_PROTOCOL,
+            "spec": str(self.spec_path),
+            "state_dir": str(self.state_dir),
+            "started_at": self.started_at,
+        }
+
+    def status_data(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Status of one service or all, as the control API sends it.
+
+        Raises:
+            ControlError: ``unknown_service``.
+        """
+        if service is not None:
+            self.check_service(service)
+            names = [service]
+        else:
+            names = sorted(self.supervisor.controllers)
+
+        return [
+            status_to_data(
+                self.supervisor.status(name), last_change=self.last_change.get(name)
+            )
+            for name in names
+        ]
+
+    def plan_data(self, service: str) -> dict[str, Any]:
+        """The plan of a service's image.
+
+        Raises:
+            ControlError: ``unknown_service``.
+        """
+        self.check_service(service)
+
+        return plan_data(self.supervisor.plan(service))
+
+    def check_service(self, service: str) -> None:
+        """Refuse a service the runner does not manage.
+
+        Raises:
+            ControlError: ``unknown_service``, saying which are known.
+        """
+        if service in self.supervisor.controllers:
+            return
+
+        known = ", ".join(sorted(self.supervisor.controllers)) or "none"
+        raise ControlError(
+            f"the runner manages no service named {service!r} (known: {known})",
+            code="unknown_service",
+        )
+
+    # -- operations ----------------------------------------------------------
+
+    def conversion_steps(
+        self, service: str, topology: str, replicas: int | None
+    ) -> int | None:
+        """How many steps converting ``service`` should take, if known."""
+        try:
+            spec = self.supervisor.status(service)
+            target = ServiceSpec(
+                name=service,
+                image=spec.image,
+                topology=Topology(topology),
+                replicas=spec.replicas if replicas is None else replicas,
+            )
+        except (RolecallError, ValueError):
+            return None
+
+        return len(self.supervisor.pending_steps(target)) or None
+
+    def start(
+        self,
+        name: str,
+        service: str,
+        work: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> Operation:
+        """Run ``work`` in the runner's task group as operation ``name``."""
+        operation = Operation(name=name, service=service)
+        self.task_group.start_soon(
+            self._run_operation, operation, work, name=f"{name}:{service}"
+        )
+
+        return operation
+
+    async def _run_operation(
+        self, operation: Operation, work: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> None:
+        log = _log.bind(op=operation.name, service=operation.service)
+        try:
+            operation.result = await work()
+        except RolecallError as error:
+            operation.error = error
+            log.warning(
+                "operation_failed",
+                error=str(error),
+                error_type=type(error).__name__,
+                duration_ms=_ms_since(operation.started),
+            )
+        # An operation is one request: a bug in it must not end the runner.
+        except Exception as error:
+            operation.error = error
+            log.exception("operation_crashed")
+        else:
+            log.info("operation_done", duration_ms=_ms_since(operation.started))
+        finally:
+            operation.done.set()
+
+    async def convert(
+        self, service: str, topology: str, replicas: int | None, timeout: float
+    ) -> dict[str, Any]:
+        """Convert a service and wait until it has converged."""
+        status = await self.supervisor.convert(
+            service, topology, replicas=replicas, timeout=timeout
+        )
+        return status_to_data(status, last_change=self.last_change.get(service))
+
+    async def switchover(
+        self, service: str, member: str, timeout: float
+    ) -> dict[str, Any]:
+        """Hand a service's writes to ``member``."""
+        status = await self.supervisor.switchover(service, member, timeout=timeout)
+        return status_to_data(status, last_change=self.last_change.get(service))
+
+    async def down(self, service: str) -> dict[str, Any]:
+        """Tear a service down: containers, volumes, network."""
+        members = [m.container_name for m in self.supervisor.status(service).members]
+        await self.supervisor.remove(service)
+        self.last_change.pop(service, None)
+
+        return {"service": service, "removed": members}
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
