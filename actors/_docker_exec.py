@@ -4,11 +4,14 @@
 slot per command, the output read into a bounded capture (stdout's head,
 stderr's tail), stdin half-closed after the payload, the exit code polled
 from exec inspect, and a command that overruns its timeout (or whose caller
-is cancelled) killed inside the container before `exec` returns.
+is cancelled) killed inside the container before `exec` returns: every exec
+carries a unique marker in its environment, and a second exec kills what
+carries it (see ``_docker_kill``).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 
 import aiohttp
@@ -20,7 +23,7 @@ from attrs import define, field, frozen
 
 from ..hooks_protocol._errors import ContainerGoneError, EngineError
 from ._docker_connection import _DockerConnection
-from ._docker_kill import _HostReach, _signal_on_host
+from ._docker_kill import MARKER_ENV, _signal_on_host, killer_argv
 from ._runtime import ContainerState, ExecResult
 
 _log = structlog.get_logger("rolecall.docker")
@@ -30,6 +33,9 @@ _START_TIMEOUT = 30.0
 
 _KILL_TIMEOUT = 10.0
 """Seconds the kill of an overrun exec may take, engine round trips included."""
+
+_SWEEP_GRACE = 2.0
+"""Seconds an exec may take to end after the in-container kill ran."""
 
 _POLL_FIRST = 0.02
 _POLL_MAX = 0.5
@@ -57,6 +63,9 @@ class _DockerExec(_DockerConnection):
         super().__init__(url)
         # One token per exec running; waiters queue for a free one.
         self._exec_slots = anyio.Semaphore(max_concurrent_execs)
+        # Whether an exec the in-container kill could not end may be killed
+        # from this host when the engine runs here (off: remote behaviour).
+        self._kill_on_host = True
 
     async def exec(
         self,
@@ -89,7 +98,9 @@ class _DockerExec(_DockerConnection):
             )
 
         async with self._exec_slots:
-            run = _ExecRun(container_id, _Capture(max_stdout, max_stderr))
+            run = _ExecRun(
+                container_id, _Capture(max_stdout, max_stderr), uuid.uuid4().hex
+            )
             started = anyio.current_time()
             try:
                 with anyio.move_on_after(timeout) as deadline:
@@ -119,10 +130,11 @@ class _DockerExec(_DockerConnection):
     ) -> int | None:
         cid = run.container_id
         what = f"run {argv[0]!r}"
+        environment = {**(env or {}), MARKER_ENV: run.marker}
         with self._translated(what=what, container_id=cid):
             container = self._client().containers.container(cid)
             handle = await container.exec(
-                list(argv), stdin=stdin is not None, environment=env
+                list(argv), stdin=stdin is not None, environment=environment
             )
         run.handle = handle
         stream = handle.start(detach=False)
@@ -220,19 +232,16 @@ class _DockerExec(_DockerConnection):
                 await anyio.sleep(_POLL_FIRST)
 
     async def _kill(self, run: _ExecRun) -> None:
-        """Kill an overrun exec's process inside the container, then wait.
+        """Kill an overrun exec's processes inside the container, then wait.
 
-        Docker's API has no call to signal an exec'd process (only the
-        container's main one), and closing the stream leaves it running.
-        Exec inspect gives the process id as the engine's host sees it;
-        `_signal_on_host` uses it when that host is this one.
-
-        Known shortcoming: a remote engine's host pids mean nothing here and
-        cannot be mapped to the container's pid namespace, so against a
-        remote engine the process is left to run until it exits, and a
-        warning says so. Children that left the command's process group
-        (``setsid``, daemons) survive everywhere; the container's init
-        reaps them when they end.
+        The kill runs as a second exec in the container: it finds the
+        processes carrying the exec's marker in their environment and
+        SIGKILLs them, children (daemonised ones included) with their
+        parent. That needs nothing but the engine's API, so it works
+        against a remote engine too. An image without ``sh``, ``tr`` and ``grep``
+        keeps the process; when the engine runs on this host, the process
+        and its group are then killed from here by their host pid.
+        Otherwise a warning says the process was left to run.
         """
         handle, cid = run.handle, run.container_id
         if handle is None:
@@ -241,20 +250,23 @@ class _DockerExec(_DockerConnection):
         with anyio.move_on_after(_KILL_TIMEOUT) as scope:
             try:
                 detail = await self._inspect_exec(handle, cid)
-                if not detail.running or detail.pid <= 0:
+                if not detail.running:
                     return
 
-                reach = _signal_on_host(detail.container_id, detail.pid)
-                if reach.foreign:
+                await self._sweep(cid, run.marker)
+                with anyio.move_on_after(_SWEEP_GRACE):
+                    await self._wait_exit(handle, cid, None)
+                    return
+
+                if not self._kill_from_host(detail):
                     _log.warning(
-                        "exec_kill_unavailable",
+                        "exec_kill_failed",
                         container_id=cid,
-                        reason="the engine runs on another host",
+                        reason="the in-container kill left it running (does the"
+                        " image have sh, tr and grep?) and the engine's host is"
+                        " not this one",
                     )
                     return
-
-                if reach.denied:
-                    await self._kill_inside(cid, reach)
 
                 await self._wait_exit(handle, cid, None)
             except ContainerGoneError:
@@ -265,21 +277,31 @@ class _DockerExec(_DockerConnection):
         if scope.cancelled_caught:
             _log.warning("exec_kill_timed_out", container_id=cid)
 
-    async def _kill_inside(self, container_id: str, reach: _HostReach) -> None:
-        """Kill from a second exec inside the container (needs ``kill`` there).
+    async def _sweep(self, container_id: str, marker: str) -> None:
+        """Kill what carries ``marker`` from a second exec in the container.
 
-        Used when this host may read the process's /proc entry but not
-        signal it: rolecall runs as another user than the command. An image
-        without a ``kill`` program keeps the process; the kill step then
-        gives up after its own timeout and logs a warning.
+        It takes no exec slot: the slots may all be held by execs waiting
+        for this very kill.
         """
-        target = f"-{reach.ns_pid}" if reach.group_leader else str(reach.ns_pid)
-        with self._translated(what="kill an exec", container_id=container_id):
-            container = self._client().containers.container(container_id)
-            killer = await container.exec(["kill", "-9", target])
-            await killer.start(detach=True)
+        try:
+            with self._translated(what="kill an exec", container_id=container_id):
+                container = self._client().containers.container(container_id)
+                killer = await container.exec(killer_argv(marker))
+                await killer.start(detach=True)
 
-        await self._wait_exit(killer, container_id, None)
+            await self._wait_exit(killer, container_id, None)
+        except ContainerGoneError:
+            raise
+        except EngineError as exc:
+            _log.warning("exec_sweep_failed", container_id=container_id, error=str(exc))
+
+    def _kill_from_host(self, detail: _ExecDetail) -> bool:
+        if not self._kill_on_host or detail.pid <= 0:
+            return False
+
+        reach = _signal_on_host(detail.container_id, detail.pid)
+
+        return not (reach.foreign or reach.denied)
 
 
 # -- exec plumbing ----------------------------------------------------------
@@ -344,6 +366,8 @@ class _ExecRun:
 
     container_id: str
     capture: _Capture
+    # The value of MARKER_ENV in the exec's environment; unique per exec.
+    marker: str
     # The engine's exec; None until it is created.
     handle: Exec | None = None
     # Set once the output stream has ended (or broken).

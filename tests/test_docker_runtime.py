@@ -20,7 +20,6 @@ from rolecall.actors import (
     ExecResult,
     open_docker_runtime,
 )
-from rolecall.actors._docker_kill import _HostReach
 from rolecall.hooks_protocol import (
     ContainerGoneError,
     EngineError,
@@ -489,30 +488,17 @@ class TestExec:
     async def test_kill_from_inside(
         self, docker_runtime: DockerRuntime, running: str
     ) -> None:
-        """The fallback kill, from a second exec, ends the command's group."""
-        # As root the host-side kill always works, so drive the fallback itself.
-        results: list[ExecResult] = []
-
-        async def victim() -> None:
-            script = "sleep 306; echo never"
-            results.append(await _run(docker_runtime, running, "sh", "-c", script))
-
-        async def leader() -> int | None:
-            for line in (await _processes(docker_runtime, running)).splitlines():
-                if "sh -c sleep 306" in line:
-                    return int(line.split()[0])
-            return None
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(victim)
-            pid = await _wait_for(leader)
-            reach = _HostReach(denied=True, ns_pid=pid, group_leader=True)
-            await docker_runtime._kill_inside(running, reach)
-
-        assert results[0].exit_code == 137
+        """The in-container kill alone ends an overrun command and the child it
+        put in its own session, as it must against a remote engine."""
+        # Without the host-side fallback, only the marker sweep can kill.
+        docker_runtime._kill_on_host = False
+        script = "setsid sleep 306 & sleep 307; echo never"
+        with pytest.raises(TimeoutError):
+            await _run(docker_runtime, running, "sh", "-c", script, timeout=1)
 
         async def gone() -> bool:
-            return "306" not in await _processes(docker_runtime, running)
+            listing = await _processes(docker_runtime, running)
+            return "306" not in listing and "307" not in listing
 
         await _wait_for(gone)
 
