@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from ._actor import Actor, ActorState, ActorStatistics, ChildCrashed
 from ._actor_ref import ActorRef
-from ._container_actor import (
+from ._container_actor import ContainerActor
+from ._container_messages import (
     ApplyRole,
-    ContainerActor,
     ContainerMessage,
     MemberPhase,
     Prepare,
     Probe,
+    RoleTicket,
     RunHook,
     ServiceView,
     StopService,
+    Superseded,
 )
 from ._docker import DockerRuntime, open_docker_runtime
 from ._hooks import HookConvention, HookRun, run_hook, stderr_tail
@@ -64,9 +66,11 @@ __all__ = [
     "OverflowPolicy",
     "Prepare",
     "Probe",
+    "RoleTicket",
     "RunHook",
     "ServiceView",
     "StopService",
+    "Superseded",
     "open_docker_runtime",
     "open_spawner",
     "run_hook",

@@ -3,17 +3,33 @@
 The actor mirrors its container: what phase its hooks have brought it to,
 which role it holds and under which epoch. It knows no topology; the
 supervisor tells it, message by message, what to be.
+
+Role requests coalesce. `ContainerActor.request_role` keeps at most one
+request waiting per member: a newer one answers the waiting one as
+`Superseded` at once and takes its place, so a flood of requests costs one
+slot, and the latest always wins. A newer request also cuts short a
+``status`` or ``role`` hook that is running (its process is killed), so a
+member stuck following a dead primary can be promoted at once. Requests are
+never reordered: the actor applies them in the order they were made, and
+skips those superseded meanwhile. An `ApplyRole` asked through the mailbox
+does not coalesce (it runs as asked), but a newer request cuts it short
+like any running role hook.
+
+A message of a type the actor does not know is dead-lettered: logged,
+handed to ``on_dead_letter``, and answered with ``None``; the actor goes on.
+A ``configure``, ``start`` or ``stop`` hook the image does not carry (exit
+69, 126 or 127) is skipped: those hooks are optional.
 """
 
 from __future__ import annotations
 
-import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 import structlog
-from attrs import define, field, frozen
+from attrs import define
 
 from rolecall.hooks_protocol import (
     DEFAULT_HOOK_TIMEOUTS,
@@ -21,6 +37,7 @@ from rolecall.hooks_protocol import (
     HookName,
     HookPayload,
     HookResult,
+    HookUnsupportedError,
     MemberInfo,
     MemberStatus,
     Plan,
@@ -30,104 +47,34 @@ from rolecall.hooks_protocol import (
 )
 
 from ._actor import Actor
+from ._container_messages import (
+    ApplyRole,
+    ContainerMessage,
+    MemberPhase,
+    Prepare,
+    Probe,
+    RoleTicket,
+    RunHook,
+    ServiceView,
+    StopService,
+    Superseded,
+    _TakeRole,
+)
 from ._hooks import HookConvention, run_hook
 from ._runtime import ContainerRuntime
 
-__all__ = [
-    "ApplyRole",
-    "ContainerActor",
-    "MemberPhase",
-    "Prepare",
-    "Probe",
-    "RunHook",
-    "ServiceView",
-    "StopService",
-]
+__all__ = ["ContainerActor"]
 
 _log = structlog.get_logger("rolecall.actors")
 
 # Hooks polled often enough that one info line per run would drown the rest.
 _QUIET_HOOKS = frozenset({HookName.STATUS})
 
+# Hooks an image may leave out: without them there is nothing to do.
+_OPTIONAL_HOOKS = frozenset({HookName.CONFIGURE, HookName.START, HookName.STOP})
 
-class MemberPhase(enum.IntEnum):
-    """How far the hooks have brought a container, in order."""
-
-    CREATED = 0
-    PLANNED = 1
-    CONFIGURED = 2
-    RUNNING = 3
-    STOPPED = 4
-
-
-@frozen
-class ServiceView:
-    """What the supervisor tells a member about its service with each message.
-
-    Attributes:
-        service: The service's name.
-        members: Every member, as the hooks see them.
-        config: The service's configuration.
-        env: The service's environment (secret values included).
-        secret_keys: Keys of ``env`` never to be logged.
-        timeouts: Per-hook deadlines overriding the defaults.
-    """
-
-    service: str
-    members: tuple[MemberInfo, ...] = ()
-    config: dict[str, Any] = field(factory=dict)
-    env: dict[str, str] = field(factory=dict)
-    secret_keys: frozenset[str] = frozenset()
-    timeouts: Mapping[HookName, float] = field(factory=dict)
-
-
-@frozen
-class Prepare:
-    """Run ``plan``, ``configure`` and ``start``; answered with the `Plan`."""
-
-    view: ServiceView
-
-
-@frozen
-class ApplyRole:
-    """Run ``role``; answered with the hook's result.
-
-    Attributes:
-        role: The role to take.
-        primary: For ``replica``: the member to follow.
-        epoch: The role command's epoch; it only grows.
-    """
-
-    view: ServiceView
-    role: Role
-    primary: str | None
-    epoch: int
-
-
-@frozen
-class Probe:
-    """Run ``status``; answered with the `MemberStatus`."""
-
-    view: ServiceView
-
-
-@frozen
-class StopService:
-    """Run ``stop``; answered with ``None``."""
-
-    view: ServiceView
-
-
-@frozen
-class RunHook:
-    """Run any other hook with a request; answered with its `HookResult`."""
-
-    view: ServiceView
-    hook: HookName
-    request: dict[str, Any] = field(factory=dict)
-
-
-ContainerMessage = Prepare | ApplyRole | Probe | StopService | RunHook
+# Hooks a newer role request may cut short: rerunning them is cheap.
+_PREEMPTIBLE_HOOKS = frozenset({HookName.STATUS, HookName.ROLE})
 
 
 @define(eq=False)
@@ -139,6 +86,8 @@ class ContainerActor(Actor[ContainerMessage]):
         container_id: The container's engine id.
         member_id: The member it embodies.
         convention: How its image's hooks are called.
+        on_dead_letter: Called with a message the actor cannot handle and
+            why; the message is then dropped.
     """
 
     runtime: ContainerRuntime
@@ -157,14 +106,72 @@ class ContainerActor(Actor[ContainerMessage]):
     plan: Plan | None = None
     # The last status report; None until the first probe.
     last_status: MemberStatus | None = None
+    on_dead_letter: Callable[[object, str], None] | None = None
+    # The newest role request not yet taken up; a _TakeRole is queued
+    # exactly while this is set.
+    _role_waiting: RoleTicket | None = None
+    # The hook running now, while one does; None when idle.
+    _running: HookName | None = None
+    # anyio clock time at which the running hook started.
+    _running_since: float = 0.0
+    # Cancels the running hook when a newer role request comes; None while
+    # the running hook (if any) may not be cut short.
+    _preemptible: anyio.CancelScope | None = None
 
-    async def handle(self, message: ContainerMessage) -> object:
+    @property
+    def busy(self) -> bool:
+        """Whether a hook is running."""
+        return self._running is not None
+
+    @property
+    def running(self) -> tuple[HookName, float] | None:
+        """The hook running now and when it started (anyio's clock)."""
+        if self._running is None:
+            return None
+
+        return self._running, self._running_since
+
+    def request_role(self, message: ApplyRole) -> RoleTicket:
+        """Ask for a role; the latest request wins.
+
+        Returns at once, without waiting; await `RoleTicket.wait` for the
+        answer. A request still waiting is answered `Superseded` now. A
+        ``status`` or ``role`` hook running now is cut short (and a role
+        request it served is answered `Superseded`).
+
+        Raises:
+            MailboxFullError: The actor's mailbox has no room.
+            ActorStoppedError: The actor has ended.
+        """
+        ticket = RoleTicket(message, self.ref)
+        waiting, self._role_waiting = self._role_waiting, ticket
+        if waiting is not None:
+            waiting._answer(Superseded(waiting.message.epoch))
+            return ticket
+
+        try:
+            self.ref.tell_nowait(_TakeRole())
+        except Exception:
+            self._role_waiting = None
+            raise
+
+        if self._preemptible is not None:
+            self._preemptible.cancel()
+
+        return ticket
+
+    async def handle(  # noqa: PLR0911  (one return per kind of message)
+        self, message: object
+    ) -> object:
         """Run the hooks the message asks for."""
         match message:
             case Prepare(view=view):
                 return await self._prepare(view)
             case ApplyRole():
                 return await self._apply_role(message)
+            case _TakeRole():
+                await self._take_role()
+                return None
             case Probe(view=view):
                 return await self._probe(view)
             case StopService(view=view):
@@ -174,40 +181,70 @@ class ContainerActor(Actor[ContainerMessage]):
             case RunHook(view=view, hook=hook, request=request):
                 return await self._run(view, hook, request)
 
-        raise TypeError(f"container actor got an unknown message {message!r}")
+        self._dead_letter(message, "not a message a container actor takes")
+        return None
 
     def container_restarted(self) -> None:
         """Forget what the hooks did: the container's processes are new."""
         self.phase = MemberPhase.CREATED
 
+    def _dead_letter(self, message: object, reason: str) -> None:
+        _log.warning(
+            "dead_letter",
+            member=self.member_id,
+            container_id=self.container_id[:12],
+            message_type=type(message).__name__,
+            reason=reason,
+        )
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(message, reason)
+
+    async def _take_role(self) -> None:
+        ticket, self._role_waiting = self._role_waiting, None
+        if ticket is None:
+            return
+
+        try:
+            result = await self._apply_role(ticket.message)
+        except Exception as error:  # noqa: BLE001  (the requester gets it)
+            ticket._fail(error)
+        else:
+            ticket._answer(result)
+
     async def _prepare(self, view: ServiceView) -> Plan:
-        result = await self._run(view, HookName.PLAN)
+        result = await self._run_fully(view, HookName.PLAN)
         self.plan = plan_from_data(result.data)
         self.phase = MemberPhase.PLANNED
-        await self._run(view, HookName.CONFIGURE)
+        await self._run_fully(view, HookName.CONFIGURE)
         self.phase = MemberPhase.CONFIGURED
-        await self._run(view, HookName.START)
+        await self._run_fully(view, HookName.START)
         self.phase = MemberPhase.RUNNING
 
         return self.plan
 
-    async def _apply_role(self, message: ApplyRole) -> HookResult:
-        request = {
-            "role": message.role.value,
-            "primary": message.primary,
-            "epoch": message.epoch,
-        }
+    async def _run_fully(self, view: ServiceView, hook: HookName) -> HookResult:
+        result = await self._run(view, hook)
+        assert result is not None  # noqa: S101  (only status and role are cut short)
+        return result
+
+    async def _apply_role(self, message: ApplyRole) -> HookResult | Superseded:
         result = await self._run(
-            message.view, HookName.ROLE, request, role=message.role
+            message.view, HookName.ROLE, message.request(), role=message.role
         )
+        if result is None:
+            return Superseded(message.epoch, interrupted=True)
+
         self.role = message.role
         self.primary = message.primary
         self.epoch = max(self.epoch, message.epoch)
 
         return result
 
-    async def _probe(self, view: ServiceView) -> MemberStatus:
+    async def _probe(self, view: ServiceView) -> MemberStatus | Superseded:
         result = await self._run(view, HookName.STATUS)
+        if result is None:
+            return Superseded(None, interrupted=True)
+
         self.last_status = status_from_data(result.data)
 
         return self.last_status
@@ -219,7 +256,8 @@ class ContainerActor(Actor[ContainerMessage]):
         request: dict[str, Any] | None = None,
         *,
         role: Role | None = None,
-    ) -> HookResult:
+    ) -> HookResult | None:
+        """Run one hook; ``None`` when a newer role request cut it short."""
         payload = HookPayload(
             hook=hook,
             service=view.service,
@@ -237,15 +275,28 @@ class ContainerActor(Actor[ContainerMessage]):
             hook=hook.value,
         )
         started = time.monotonic()
+        self._running = hook
+        self._running_since = anyio.current_time()
+        scope = anyio.CancelScope()
+        if hook in _PREEMPTIBLE_HOOKS:
+            self._preemptible = scope
         try:
-            run = await run_hook(
-                self.runtime,
-                self.container_id,
-                payload,
-                convention=self.convention,
-                timeout=timeout,
-                secrets=_secrets(view),
-            )
+            with scope:
+                run = await run_hook(
+                    self.runtime,
+                    self.container_id,
+                    payload,
+                    convention=self.convention,
+                    timeout=timeout,
+                    secrets=_secrets(view),
+                )
+        except HookUnsupportedError as error:
+            if hook not in _OPTIONAL_HOOKS:
+                log.warning("hook_run", outcome=type(error).__name__)
+                raise
+
+            log.info("hook_skipped", reason="the image does not carry it")
+            return HookResult()
         except HookError as error:
             log.warning(
                 "hook_run",
@@ -255,6 +306,17 @@ class ContainerActor(Actor[ContainerMessage]):
                 stderr_tail=error.stderr_tail,
             )
             raise
+        finally:
+            self._running = None
+            self._preemptible = None
+
+        if scope.cancelled_caught:
+            log.info(
+                "hook_run",
+                outcome="superseded",
+                duration_ms=_ms_since(started),
+            )
+            return None
 
         level = "debug" if hook in _QUIET_HOOKS else "info"
         log.log(

@@ -213,7 +213,9 @@ def _raise_for_exit(
 
 
 _HINTS: Mapping[ExitClass, str] = {
-    ExitClass.BAD_PAYLOAD: "it rejected the payload; report this as a bug",
+    ExitClass.BAD_PAYLOAD: (
+        "it rejected the payload: check the service's config or report a bug"
+    ),
     ExitClass.UNSUPPORTED: "the image does not implement it",
     ExitClass.RETRY_LATER: "it asks to be run again later",
     ExitClass.FAILED: "failed; see its stderr",

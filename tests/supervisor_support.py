@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 from attrs import define, field
 
-from rolecall.actors import ActorRef
+from rolecall.actors import ActorRef, RunHook
 from rolecall.hooks_protocol import HookName
 from rolecall.supervisor import (
     LABEL_SERVICE,
@@ -172,8 +172,13 @@ class Lag:
 
 
 def crash_actor(supervisor: Supervisor) -> ActorRef[Any]:
-    """Crash the actor of cache-1: a told message its handler rejects does it."""
-    ref = supervisor.controllers["cache"].members["cache-1"].ref
-    ref.tell_nowait("not a container message")
+    """Crash the actor of cache-1: a told hook run that fails does it.
+
+    The key-value image has no ``backup`` hook, so the run raises, and a
+    told message that raises crashes its actor.
+    """
+    controller = supervisor.controllers["cache"]
+    ref = controller.members["cache-1"].ref
+    ref.tell_nowait(RunHook(controller.view(), HookName.BACKUP, {"path": "/b"}))
 
     return ref
