@@ -195,9 +195,11 @@ def fake_kv_image() -> dict[str, FakeHook]:
       nothing to do (the fake serves while its container runs).
     - ``role`` takes ``request.role``, ``request.epoch`` and, for a replica,
       ``request.primary`` (a member id from ``members``, or an address). It
-      refuses with exit 1 an epoch older than the last it applied, so a late
-      command cannot undo a failover. A replica copies its primary's keys
-      and offset at once.
+      refuses an epoch older than the last it applied with exit 1 (failed),
+      as the protocol says, so a late command cannot undo a failover. A
+      replica copies its primary's keys and offset at once. With
+      ``request.handover`` a primary first hands every key to the new
+      primary, then follows it (exit 75 when that one does not run).
     - ``status`` reports role, health, offset, link and epoch.
 
     Replication is pulled: a replica copies its primary's data whenever its
@@ -277,7 +279,7 @@ def _kv_plan(call: FakeHookCall) -> dict[str, Any]:
     return {
         "roles": [role.value for role in _KV_ROLES],
         "topologies": [Topology.STANDALONE.value, Topology.REDUNDANT.value],
-        "behaviours": ["migratable"],
+        "behaviours": ["migratable", "switchover"],
         "ports": [KV_PORT],
         "data_paths": [KV_DATA_PATH],
     }
@@ -319,6 +321,9 @@ def _kv_role(call: FakeHookCall) -> dict[str, Any]:
             stderr="role: a replica needs request.primary",
         )
 
+    if call.request.get("handover") and disk["role"] != Role.REPLICA:
+        _kv_hand_over(call, disk, primary)
+
     disk.update(role=role, epoch=epoch, primary=primary, link_up=None)
     if primary is not None:
         _kv_pull(call, disk)
@@ -326,6 +331,22 @@ def _kv_role(call: FakeHookCall) -> dict[str, Any]:
     call.log(f"role {role} at epoch {epoch}")
 
     return {"role": role, "epoch": epoch, "link_up": disk["link_up"]}
+
+
+def _kv_hand_over(call: FakeHookCall, disk: dict[str, Any], target: str | None) -> None:
+    # A switchover: the new primary gets every write before this one follows.
+    network = call.container.spec.network
+    source = call.runtime.resolve(target or "", network=network)
+    if source is None or source is call.container or not source.alive:
+        raise FakeHookExit(
+            ExitClass.RETRY_LATER.value,
+            stderr=f"role: handover target {target!r} does not run",
+        )
+
+    target_disk = _kv_disk(call.runtime, source)
+    target_disk["keys"] = dict(disk["keys"])
+    target_disk["offset"] = disk["offset"]
+    target_disk["link_up"] = True
 
 
 def _kv_status(call: FakeHookCall) -> dict[str, Any]:

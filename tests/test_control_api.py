@@ -35,7 +35,7 @@ image = "kv:fake"
 KV_PLAN = {
     "roles": ["primary", "replica", "standalone"],
     "topologies": ["redundant", "standalone"],
-    "behaviours": ["migratable"],
+    "behaviours": ["migratable", "switchover"],
     "ports": [6379],
     "data_paths": ["/data"],
     "timeouts": {},

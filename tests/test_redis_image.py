@@ -302,7 +302,7 @@ async def test_plan_declares_capabilities(lab: Lab) -> None:
     assert data == {
         "roles": ["standalone", "primary", "replica"],
         "topologies": ["standalone", "redundant"],
-        "behaviours": ["migratable"],
+        "behaviours": ["migratable", "switchover"],
         "ports": [6379],
         "data_paths": ["/data"],
         "timeouts": {},

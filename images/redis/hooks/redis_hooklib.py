@@ -197,11 +197,17 @@ def password() -> str | None:
 
 
 class Client:
-    """A minimal RESP2 client for the local Redis; one connection."""
+    """A minimal RESP2 client for a Redis of the service; one connection.
 
-    def __init__(self, *, timeout: float = 5.0) -> None:
+    It reaches the local Redis unless told another member's ``host`` and
+    ``port``; every member has the same password.
+    """
+
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = PORT, timeout: float = 5.0
+    ) -> None:
         try:
-            self._sock = socket.create_connection(("127.0.0.1", PORT), timeout)
+            self._sock = socket.create_connection((host, port), timeout)
         except OSError as exc:
             raise RedisUnreachableError(str(exc)) from exc
 
