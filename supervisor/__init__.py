@@ -7,6 +7,7 @@ it so and keeps it so.
 
 from __future__ import annotations
 
+from ._dead_letters import DeadLetter
 from ._member_hooks import DATA_HOOKS, run_member_hook
 from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
 from ._reconciler import (
@@ -23,6 +24,7 @@ from ._reconciler import (
 )
 from ._records import MemberView, ServiceEvent, ServiceStatus
 from ._spec import ServiceSpec, check_plan, validate_spec
+from ._supervision import RestartKind, Strategy, Supervision
 from ._supervisor import Supervisor, open_supervisor
 
 __all__ = [
@@ -33,16 +35,20 @@ __all__ = [
     "LABEL_SERVICE",
     "ApplyRole",
     "CreateMember",
+    "DeadLetter",
     "FenceMember",
     "MemberView",
     "ObservedMember",
     "PrepareMember",
     "RemoveMember",
+    "RestartKind",
     "RestartMember",
     "ServiceEvent",
     "ServiceSpec",
     "ServiceStatus",
     "Step",
+    "Strategy",
+    "Supervision",
     "Supervisor",
     "check_plan",
     "choose_primary",

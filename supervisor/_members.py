@@ -7,18 +7,22 @@ containers; `Member` is the controller's record of one member.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from attrs import define, field
 
 from rolecall.actors import (
     ActorRef,
     ActorSpawner,
+    ChildCrashed,
     ContainerActor,
     ContainerMessage,
     ContainerRuntime,
     ContainerSpec,
+    ContainerState,
     HookConvention,
     MemberPhase,
+    OverflowPolicy,
 )
 from rolecall.hooks_protocol import ContainerGoneError, MemberStatus, Plan, Role
 
@@ -35,7 +39,17 @@ from ._spec import ServiceSpec
 __all__ = ["Member", "MemberSpawner"]
 
 _WRITER_ROLES = frozenset({Role.STANDALONE, Role.PRIMARY})
-_MAILBOX_CAPACITY = 64
+
+MAILBOX_CAPACITY = 64
+"""Messages a member's mailbox holds. The controller keeps at most a few
+there (role requests coalesce into one), so a full mailbox means a flood
+from elsewhere: the send is refused with `MailboxFullError` at once
+(`OverflowPolicy.REJECT`), logged as ``mailbox_overflow``, and the next
+pass tries again."""
+
+_LIVE_STATES = frozenset(
+    {ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING}
+)
 
 
 @define(eq=False)
@@ -71,6 +85,23 @@ class Member:
     synced: bool = False
     # Whether rolecall killed it on purpose to keep it from taking writes.
     fenced: bool = False
+    # How its container last ended while it is down; None while it runs.
+    exit_code: int | None = None
+    # Whether its container was last killed for memory.
+    oom_killed: bool = False
+    # Clock time (anyio's) of its last answered status, or of the moment it
+    # was last prepared; the unresponsive deadline counts from here.
+    last_answer: float = 0.0
+    # Whether a status probe of it is under way; at most one at a time.
+    probing: bool = False
+    # Clock time (anyio's) of the first failed probe since the last answered
+    # one; None while probes answer.
+    silent_since: float | None = None
+    # Whether it stopped answering past the deadline; cleared by a restart.
+    unresponsive: bool = False
+    # Whether rolecall itself is stopping, killing or starting its
+    # container, so that the engine's events about it are expected.
+    changing: bool = False
 
     @property
     def ready(self) -> bool:
@@ -102,16 +133,19 @@ class Member:
 
     def observed(self) -> ObservedMember:
         """The member as the reconciler sees it."""
+        alive = self.alive and not self.unresponsive
         return ObservedMember(
             id=self.id,
             number=self.number,
-            alive=self.alive,
-            ready=self.ready and self.alive,
+            alive=alive,
+            ready=self.ready and alive,
             role=self.actor.role,
             primary=self.actor.primary,
             offset=self.offset,
             synced=self.synced or self.is_writer,
             fenced=self.fenced,
+            exit_code=self.exit_code,
+            oom_killed=self.oom_killed,
         )
 
 
@@ -126,6 +160,11 @@ class MemberSpawner:
 
     runtime: ContainerRuntime
     actors: ActorSpawner
+    # Where member actors' crash notices go; None logs them instead. The
+    # service controller sets it before it spawns a member.
+    parent: ActorRef[ChildCrashed] | None = None
+    # Receives messages member actors could not handle, with the reason.
+    on_dead_letter: Callable[[str, object, str], object] | None = None
 
     async def create(
         self,
@@ -154,10 +193,9 @@ class MemberSpawner:
             container_id=info.id,
             member_id=member_id,
             convention=convention,
+            on_dead_letter=self._dead_letters(member_id),
         )
-        ref = await self.actors.spawn(
-            actor, name=f"member:{member_id}", capacity=_MAILBOX_CAPACITY
-        )
+        ref = await self._spawn(actor)
 
         return Member(
             id=member_id,
@@ -189,17 +227,18 @@ class MemberSpawner:
             primary=old.primary,
             epoch=old.epoch,
             plan=old.plan,
+            on_dead_letter=self._dead_letters(member.id),
         )
-        member.ref = await self.actors.spawn(
-            actor, name=f"member:{member.id}", capacity=_MAILBOX_CAPACITY
-        )
+        member.ref = await self._spawn(actor)
         member.actor = actor
 
     async def restart(self, spec: ServiceSpec, plan: Plan, member: Member) -> None:
         """Start a member's container again, recreating it if it vanished.
 
-        The volume outlives the container, so a recreated container finds
-        the member's data where it left it.
+        A container that still runs (it stopped answering, or a strategy
+        restarts it with another member) is killed first. The volume
+        outlives the container, so a recreated container finds the
+        member's data where it left it.
         """
         if member.missing:
             info = await self.runtime.create_container(
@@ -208,6 +247,11 @@ class MemberSpawner:
             member.container_id = info.id
             member.actor.container_id = info.id
             member.missing = False
+
+        with contextlib.suppress(ContainerGoneError):
+            info = await self.runtime.inspect_container(member.container_id)
+            if info.state in _LIVE_STATES:
+                await self.runtime.kill_container(member.container_id)
 
         await self.runtime.start_container(member.container_id)
         info = await self.runtime.inspect_container(member.container_id)
@@ -224,6 +268,25 @@ class MemberSpawner:
 
         for volume in member.volumes:
             await self.runtime.remove_volume(volume)
+
+    async def _spawn(self, actor: ContainerActor) -> ActorRef[ContainerMessage]:
+        return await self.actors.spawn(
+            actor,
+            name=f"member:{actor.member_id}",
+            capacity=MAILBOX_CAPACITY,
+            overflow=OverflowPolicy.REJECT,
+            parent=self.parent,
+        )
+
+    def _dead_letters(self, member_id: str) -> Callable[[object, str], None] | None:
+        receive = self.on_dead_letter
+        if receive is None:
+            return None
+
+        def dead_letter(message: object, reason: str) -> None:
+            receive(member_id, message, reason)
+
+        return dead_letter
 
     def _container_spec(
         self, spec: ServiceSpec, plan: Plan, member_id: str, number: int

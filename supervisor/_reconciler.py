@@ -10,26 +10,33 @@ The rules, in the order they are applied:
 1. A member whose container runs but whose hooks have not prepared it
    (``plan``, ``configure``, ``start``) is prepared first.
 2. Exactly one member may take writes (the *writer*: ``standalone`` or
-   ``primary``). When the writer's container is gone, the writer is fenced
-   (killed and kept down) *before* anyone is promoted, and the synced replica
-   with the highest replication offset is promoted. A replica that never
-   completed a sync is never promoted: it holds no data.
+   ``primary``). When the writer is lost (its container stopped, or it
+   stopped answering), it is fenced (killed and kept down) *before* anyone
+   is promoted, and the synced replica with the highest replication offset
+   is promoted. A replica that never completed a sync is never promoted: it
+   holds no data. While failover is paused the lost writer is fenced and
+   nothing else is planned.
 3. With no synced replica, a dead writer is restarted in place: its volume
    holds the only copy of the data.
 4. Replicas follow the writer; missing replicas are created, dead replicas
    are restarted in place (their volume shortens the resync), superseded
    writers and surplus members are removed.
+5. Restarts obey the service's `Supervision`: a member whose restart kind
+   forbids it (``temporary``, or ``transient`` after a clean exit) stays
+   down; a restart under ``one_for_all`` restarts every other member too,
+   under ``rest_for_one`` every member created after it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from rolecall.hooks_protocol import Role, Topology
 
 from ._spec import ServiceSpec
+from ._supervision import RestartKind, Strategy
 
 __all__ = [
     "ApplyRole",
@@ -65,6 +72,12 @@ class ObservedMember:
             completed a sync, or any writer).
         fenced: Whether its container was killed on purpose to keep it from
             taking writes.
+        exit_code: How its container last ended, when it is down; ``None``
+            while it runs, or when it stopped answering instead.
+        oom_killed: Whether its container was last killed for memory.
+        recycle: Whether its running container is to be restarted because
+            another member was (the ``one_for_all`` and ``rest_for_one``
+            strategies); set by the planner, not by observation.
     """
 
     id: str
@@ -76,11 +89,19 @@ class ObservedMember:
     offset: int = 0
     synced: bool = False
     fenced: bool = False
+    exit_code: int | None = None
+    oom_killed: bool = False
+    recycle: bool = False
 
     @property
     def is_writer(self) -> bool:
         """Whether the member was last told to take writes."""
         return self.role in _WRITER_ROLES
+
+    @property
+    def clean_exit(self) -> bool:
+        """Whether its container ended by itself with code 0."""
+        return self.exit_code == 0 and not self.oom_killed
 
 
 @frozen
@@ -92,7 +113,11 @@ class CreateMember:
 
 @frozen
 class RestartMember:
-    """Start a member's stopped container again, then prepare it."""
+    """Start a member's container again, then prepare it.
+
+    A container that still runs (a member that stopped answering, or one a
+    strategy restarts with another) is killed first.
+    """
 
     member: str
 
@@ -163,6 +188,7 @@ def plan_steps(
     members: Sequence[ObservedMember],
     *,
     next_number: int,
+    promote: bool = True,
 ) -> list[Step]:
     """Plan the steps that bring a service from observed to desired.
 
@@ -170,11 +196,36 @@ def plan_steps(
         spec: The desired state.
         members: Every member rolecall knows of, alive or not.
         next_number: The ordinal the next new member gets.
+        promote: Whether a replica may be promoted in place of a lost
+            writer; ``False`` while failover is paused.
 
     Returns:
         Steps to run in order; empty when the service has converged.
     """
-    planner = _Planner(spec, list(members), next_number)
+    steps = _plan(spec, list(members), next_number, promote=promote)
+    restarted = {
+        step.member
+        for step in steps
+        if isinstance(step, RestartMember)
+        and any(m.id == step.member and not m.alive for m in members)
+    }
+    recycled = _recycled(spec.supervision.strategy, members, restarted)
+    if not recycled:
+        return steps
+
+    marked = [evolve(m, recycle=True) if m.id in recycled else m for m in members]
+
+    return _plan(spec, marked, next_number, promote=promote)
+
+
+def _plan(
+    spec: ServiceSpec,
+    members: list[ObservedMember],
+    next_number: int,
+    *,
+    promote: bool,
+) -> list[Step]:
+    planner = _Planner(spec, members, next_number, promote=promote)
     if spec.topology is Topology.STANDALONE:
         planner.plan_standalone()
     else:
@@ -183,21 +234,46 @@ def plan_steps(
     return planner.steps
 
 
+def _recycled(
+    strategy: Strategy, members: Sequence[ObservedMember], restarted: set[str]
+) -> set[str]:
+    """Running members a strategy restarts along with ``restarted`` ones."""
+    if not restarted or strategy is Strategy.ONE_FOR_ONE:
+        return set()
+
+    alive = [m for m in members if m.alive and m.id not in restarted]
+    if strategy is Strategy.ONE_FOR_ALL:
+        return {m.id for m in alive}
+
+    first = min(m.number for m in members if m.id in restarted)
+
+    return {m.id for m in alive if m.number > first}
+
+
 class _Planner:
     """Accumulates the steps of one pass; short-lived, one per call."""
 
     def __init__(
-        self, spec: ServiceSpec, members: list[ObservedMember], next_number: int
+        self,
+        spec: ServiceSpec,
+        members: list[ObservedMember],
+        next_number: int,
+        *,
+        promote: bool,
     ) -> None:
         self.spec = spec
         self.members = sorted(members, key=lambda m: m.number)
         self.next_number = next_number
+        self.promote = promote
         self.steps: list[Step] = []
 
     # -- topologies ---------------------------------------------------------
 
     def plan_standalone(self) -> None:
         writer = self._take_writer()
+        if writer is None:
+            return
+
         self._role(writer, Role.STANDALONE)
         for member in self.members:
             if member.id != writer:
@@ -205,6 +281,9 @@ class _Planner:
 
     def plan_redundant(self) -> None:
         writer = self._take_writer()
+        if writer is None:
+            return
+
         self._role(writer, Role.PRIMARY)
         followers = 0
         for member in self.members:
@@ -215,11 +294,12 @@ class _Planner:
                 self.steps.append(RemoveMember(member.id))
                 continue
 
-            self._revive(member)
+            followers += 1
+            if not self._revive(member):
+                continue  # down, and its restart kind keeps it down
+
             if _needs_role(member, Role.REPLICA, writer):
                 self.steps.append(ApplyRole(member.id, Role.REPLICA, writer))
-
-            followers += 1
 
         for _ in range(self.spec.replicas - followers):
             created = self._create()
@@ -227,8 +307,13 @@ class _Planner:
 
     # -- the writer ---------------------------------------------------------
 
-    def _take_writer(self) -> str:
-        """Return the member that will take writes, planning what it needs."""
+    def _take_writer(self) -> str | None:
+        """Return the member that will take writes, planning what it needs.
+
+        ``None`` means no member takes writes in this pass (failover is
+        paused, or the lost writer may not be restarted): the pass plans
+        nothing else.
+        """
         alive_writers = [m for m in self.members if m.alive and m.is_writer]
         if alive_writers:
             writer = max(alive_writers, key=_writer_rank)
@@ -236,19 +321,20 @@ class _Planner:
             return writer.id
 
         lost = [m for m in self.members if m.is_writer]
+        if lost and not self.promote:
+            self._fence(lost)
+            return None
+
         successor = choose_primary(self.members)
         if successor is not None:
-            for member in lost:
-                if not member.fenced:
-                    self.steps.append(FenceMember(member.id))
+            self._fence(lost)
             return successor.id
 
         if lost:
             # No replica holds the data: the lost writer's volume is the only
             # copy, so bring that container back rather than start empty.
             writer = max(lost, key=_writer_rank)
-            self._revive(writer)
-            return writer.id
+            return writer.id if self._revive(writer) else None
 
         fresh = [m for m in self.members if m.alive and m.role is None]
         if fresh:
@@ -263,11 +349,36 @@ class _Planner:
         """A writer that lost its place keeps no role worth reviving."""
         return member.is_writer
 
-    def _revive(self, member: ObservedMember) -> None:
-        if not member.alive:
+    def _fence(self, lost: list[ObservedMember]) -> None:
+        for member in lost:
+            if not member.fenced:
+                self.steps.append(FenceMember(member.id))
+
+    def _revive(self, member: ObservedMember) -> bool:
+        """Plan what brings ``member`` back to running and prepared.
+
+        Returns:
+            Whether it will run: ``False`` for a member that is down and
+            whose restart kind keeps it down.
+        """
+        if member.recycle:
+            self.steps.append(RestartMember(member.id))
+        elif not member.alive:
+            if not self._may_restart(member):
+                return False
+
             self.steps.append(RestartMember(member.id))
         elif not member.ready:
             self.steps.append(PrepareMember(member.id))
+
+        return True
+
+    def _may_restart(self, member: ObservedMember) -> bool:
+        kind = self.spec.supervision.restart
+        if kind is RestartKind.TEMPORARY:
+            return False
+
+        return kind is RestartKind.PERMANENT or not member.clean_exit
 
     def _role(self, member_id: str, role: Role) -> None:
         current = next((m for m in self.members if m.id == member_id), None)
@@ -284,7 +395,7 @@ class _Planner:
 
 def _needs_role(member: ObservedMember, role: Role, primary: str | None) -> bool:
     """Whether a role must be (re-)applied: a revived member needs it again."""
-    if not (member.alive and member.ready):
+    if not (member.alive and member.ready) or member.recycle:
         return True
 
     return member.role is not role or member.primary != primary

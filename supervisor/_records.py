@@ -57,6 +57,10 @@ class ServiceStatus:
         members: Every member, oldest first.
         last_error: The error that ended the last failed pass, if any.
         failover_paused: Whether promoting a replica is paused for it.
+        failure: Why supervision gave up on the service (too many restarts,
+            see `Supervision`); ``None`` while it has not. Applying a spec
+            again clears it.
+        dead_letters: Messages its member actors could not handle so far.
     """
 
     name: str
@@ -69,6 +73,8 @@ class ServiceStatus:
     members: tuple[MemberView, ...] = ()
     last_error: str | None = None
     failover_paused: bool = False
+    failure: str | None = None
+    dead_letters: int = 0
 
     def member(self, member_id: str) -> MemberView:
         """The view of one member.
@@ -98,9 +104,17 @@ class ServiceEvent:
     Attributes:
         time: Wall-clock time, seconds since the epoch.
         service: The service concerned.
-        kind: Stable event name (``member_created``, ``role_applied``,
-            ``member_fenced``, ``member_removed``, ``member_lost``,
-            ``failover``, ``converged``, ``step_failed``, ...).
+        kind: Stable event name: ``member_created``, ``member_prepared``,
+            ``role_applied``, ``member_lost`` (its ``cause`` field says
+            ``exited``, ``killed``, ``oom`` or ``vanished``),
+            ``member_unresponsive``, ``member_fenced``, ``member_restarted``,
+            ``member_held`` (left down by its restart kind),
+            ``restart_delayed``, ``actor_replaced``, ``member_removed``,
+            ``failover`` (another member took over writes),
+            ``writer_restarted`` (the lost writer took writes again in
+            place), ``failover_withheld``, ``switchover``, ``converged``,
+            ``degraded``, ``step_failed``, ``pass_crashed``,
+            ``service_failed``.
         member: The member concerned, if one is.
         detail: A short human-readable description.
         duration: Seconds the action took, when it is an action.

@@ -6,6 +6,7 @@ against the image's plan before any container is touched (`check_plan`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -13,12 +14,15 @@ from typing import Any
 from attrs import field, frozen
 
 from rolecall.hooks_protocol import (
+    HookName,
     Plan,
     Role,
     SpecError,
     Topology,
     UnsupportedTopologyError,
 )
+
+from ._supervision import Supervision, validate_supervision
 
 __all__ = ["ServiceSpec", "check_plan", "roles_needed", "validate_spec"]
 
@@ -38,6 +42,33 @@ def _plain_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
 
 
+def _supervision(value: Supervision | Mapping[str, Any] | None) -> Supervision:
+    if value is None:
+        return Supervision()
+
+    if isinstance(value, Supervision):
+        return value
+
+    try:
+        return Supervision(**value)
+    except TypeError as error:
+        raise SpecError(f"supervision settings {dict(value)!r}: {error}") from None
+
+
+def _timeouts(value: Mapping[str, float] | None) -> dict[HookName, float]:
+    timeouts: dict[HookName, float] = {}
+    for hook, seconds in (value or {}).items():
+        try:
+            timeouts[HookName(hook)] = seconds
+        except ValueError:
+            known = ", ".join(h.value for h in HookName)
+            raise SpecError(
+                f"timeouts name an unknown hook {hook!r}: use one of {known}"
+            ) from None
+
+    return timeouts
+
+
 @frozen
 class ServiceSpec:
     """The desired shape of one service.
@@ -54,6 +85,10 @@ class ServiceSpec:
         secret_keys: Keys of ``env`` whose values never reach a log line.
         memory_limit: Memory cap per member container, in bytes.
         labels: Extra labels on everything the service creates.
+        timeouts: Seconds per hook (``{"status": 5}``), over the image's
+            plan and rolecall's defaults.
+        supervision: How members are restarted and when rolecall gives up
+            (see `Supervision`); a map of its fields is accepted too.
     """
 
     name: str
@@ -65,6 +100,8 @@ class ServiceSpec:
     secret_keys: frozenset[str] = frozenset()
     memory_limit: int | None = None
     labels: dict[str, str] = field(factory=dict, converter=_plain_dict)
+    timeouts: dict[HookName, float] = field(factory=dict, converter=_timeouts)
+    supervision: Supervision = field(factory=Supervision, converter=_supervision)
 
     @property
     def size(self) -> int:
@@ -113,6 +150,16 @@ def validate_spec(spec: ServiceSpec) -> ServiceSpec:
             " the engine needs at least 6 MiB (6291456 bytes)",
             service=spec.name,
         )
+
+    for hook, seconds in spec.timeouts.items():
+        if not (isinstance(seconds, int | float) and 0 < seconds < math.inf):
+            raise SpecError(
+                f"service {spec.name!r} has timeout {seconds!r} for hook"
+                f" {hook.value!r}: use a number of seconds above 0",
+                service=spec.name,
+            )
+
+    validate_supervision(spec.supervision, service=spec.name)
 
     unknown_secrets = spec.secret_keys - spec.env.keys()
     if unknown_secrets:

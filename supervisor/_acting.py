@@ -1,0 +1,326 @@
+"""Acting on a service: the reconciler's steps, run through the members.
+
+Steps run one at a time, in the order planned. Engine calls that create,
+restart, fence or remove a container are shielded from cancellation, so a
+pass cut short never leaves a container rolecall has not recorded; waits on
+hooks are not, so an unexpected loss can end the steps under way at once
+(the hooks themselves finish or are superseded in their actors).
+
+Restarts are paced: the first restart of a member that stopped happens at
+once, each later one waits for the backoff (see `Supervision`), and every
+restart counts against the intensity limit. One pass restarts at most one
+group: the member that stopped and those its strategy restarts with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import anyio
+import structlog
+
+from rolecall.actors import ApplyRole as ApplyRoleMessage
+from rolecall.actors import (
+    ContainerState,
+    Prepare,
+    RoleTicket,
+    StopService,
+    Superseded,
+)
+from rolecall.hooks_protocol import (
+    ContainerGoneError,
+    EngineError,
+    HookResult,
+    MailboxFullError,
+    RolecallError,
+)
+
+from ._members import Member
+from ._observing import ASK_TIMEOUT, Observing
+from ._reconciler import (
+    ApplyRole,
+    CreateMember,
+    FenceMember,
+    PrepareMember,
+    RemoveMember,
+    RestartMember,
+    Step,
+)
+
+__all__ = ["Acting"]
+
+_log = structlog.get_logger("rolecall.supervisor")
+
+_FENCED = frozenset(
+    {ContainerState.EXITED, ContainerState.DEAD, ContainerState.CREATED}
+)
+
+
+class Acting(Observing):
+    """The acting part of a `ServiceController`."""
+
+    __slots__ = ()
+
+    async def act(self, steps: list[Step]) -> bool:
+        """Run ``steps`` in order.
+
+        Returns:
+            Whether every step ran; ``False`` when the pass stopped early:
+            a restart must wait for its backoff, a role request was
+            superseded, an unexpected loss cut the steps short, or the
+            service was given up on.
+        """
+        restarted = False
+        with anyio.CancelScope() as scope:
+            self.acting = scope
+            try:
+                for step in steps:
+                    if isinstance(step, RestartMember) and not restarted:
+                        if not self._may_restart_now(step.member):
+                            return False
+
+                        restarted = True
+
+                    if not await self.execute(step):
+                        return False
+            finally:
+                self.acting = None
+
+        return not scope.cancelled_caught
+
+    def _may_restart_now(self, member_id: str) -> bool:
+        now = anyio.current_time()
+        if now < self.restart_at:
+            wait = self.restart_at - now
+            self.retry_at = max(self.retry_at, self.restart_at)
+            self.event(
+                "restart_delayed",
+                member_id,
+                f"restarts back off: the next in {wait:.2f}s",
+                retry_in=round(wait, 3),
+            )
+            return False
+
+        member = self.members[member_id]
+        cause = "unresponsive" if member.unresponsive else f"exit {member.exit_code}"
+
+        return self.note_restart(f"{member_id} ({cause})", now)
+
+    async def execute(self, step: Step) -> bool:
+        """Run one step and put it on the timeline.
+
+        Returns:
+            ``False`` when a role request was superseded before it applied.
+        """
+        if isinstance(step, CreateMember | RestartMember):
+            # The container comes first, with its own line on the timeline,
+            # so that a hook failing next does not hide that it exists.
+            if isinstance(step, CreateMember):
+                await self._create(step.member)
+            else:
+                await self._restart(step.member)
+
+            step = PrepareMember(step.member)
+
+        started = time.monotonic()
+        match step:
+            case PrepareMember(member=member_id):
+                await self.prepare(self.members[member_id])
+                detail, kind = "ran plan, configure, start", "member_prepared"
+            case ApplyRole(member=member_id, role=role, primary=primary):
+                if not await self.apply_role(member_id, step):
+                    return False
+                follow = f" of {primary}" if primary else ""
+                detail, kind = f"role {role.value}{follow}", "role_applied"
+            case FenceMember(member=member_id):
+                await self._fence(member_id)
+                detail, kind = "killed and kept down", "member_fenced"
+            case RemoveMember(member=member_id):
+                await self.remove_member(member_id)
+                detail, kind = "stopped and removed", "member_removed"
+
+        self.event(kind, member_id, detail, duration=time.monotonic() - started)
+
+        return True
+
+    async def _create(self, member_id: str) -> None:
+        started = time.monotonic()
+        number = self.next_number
+        self.next_number += 1
+        with anyio.CancelScope(shield=True):
+            member = await self.spawner.create(
+                self.spec, self.plan, self.convention, member_id, number
+            )
+        self.members[member_id] = member
+        member.last_answer = anyio.current_time()
+        self.event(
+            "member_created",
+            member_id,
+            f"created container {member.name}",
+            duration=time.monotonic() - started,
+        )
+
+    async def _restart(self, member_id: str) -> None:
+        started = time.monotonic()
+        member = self.members[member_id]
+        was = "unresponsive" if member.unresponsive else f"exit code {member.exit_code}"
+        member.changing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.spawner.restart(self.spec, self.plan, member)
+        finally:
+            member.changing = False
+
+        member.actor.container_restarted()
+        member.alive = True
+        member.fenced = member.unresponsive = False
+        member.exit_code, member.oom_killed = None, False
+        member.silent_since = None
+        member.last_answer = anyio.current_time()
+        backoff = max(0.0, self.restart_at - anyio.current_time())
+        self.event(
+            "member_restarted",
+            member_id,
+            f"restarted its container (it was down: {was})",
+            duration=time.monotonic() - started,
+            backoff=round(backoff, 3),
+            attempt=self.restart_backoff.attempts,
+        )
+
+    async def prepare(self, member: Member) -> None:
+        """Run ``plan``, ``configure`` and ``start``, then probe the member."""
+        await member.ref.ask(Prepare(self.view()), timeout=ASK_TIMEOUT)
+        member.last_answer = anyio.current_time()
+        # A container that outlived an earlier supervisor knows a newer
+        # epoch than this controller: learn it before sending a role.
+        await self.probe(member)
+
+    async def apply_role(self, member_id: str, step: ApplyRole) -> bool:
+        """Tell a member its role under a new epoch.
+
+        Returns:
+            ``False`` when a newer role request superseded this one.
+        """
+        self.epoch += 1
+        member = self.members[member_id]
+        message = ApplyRoleMessage(
+            view=self.view(),
+            role=step.role,
+            primary=step.primary,
+            epoch=self.epoch,
+        )
+        if isinstance(await self.request_role(member, message), Superseded):
+            return False
+
+        if member.is_writer and self.writer_lost_at is not None:
+            self._writer_found(member_id)
+
+        return True
+
+    async def request_role(
+        self, member: Member, message: ApplyRoleMessage
+    ) -> HookResult | Superseded:
+        """Hand a role request to a member's actor and wait for the answer.
+
+        Raises:
+            MailboxFullError: The member's mailbox is full (logged).
+            HookError: The role hook did not succeed.
+        """
+        try:
+            ticket: RoleTicket = member.actor.request_role(message)
+        except MailboxFullError:
+            _log.warning(
+                "mailbox_overflow",
+                service=self.spec.name,
+                member=member.id,
+                refused="role request",
+                epoch=message.epoch,
+            )
+            raise
+
+        return await ticket.wait()
+
+    def _writer_found(self, member_id: str) -> None:
+        took = time.time() - (self.writer_lost_at or time.time())
+        lost, self.lost_writer = self.lost_writer, None
+        self.writer_lost_at = None
+        if member_id == lost:
+            self.event(
+                "writer_restarted",
+                member_id,
+                f"{member_id} took writes again after a restart in place",
+                duration=took,
+            )
+            return
+
+        self.event(
+            "failover",
+            member_id,
+            f"{member_id} took over writes from {lost}",
+            duration=took,
+            previous=lost,
+        )
+
+    async def _fence(self, member_id: str) -> None:
+        member = self.members[member_id]
+        member.changing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._kill_and_confirm(member)
+        finally:
+            member.changing = False
+
+        member.alive = False
+        member.fenced = True
+
+    async def _kill_and_confirm(self, member: Member) -> None:
+        # No promotion may follow unless the old writer is known down: an
+        # engine that cannot be reached raises here, which ends the pass.
+        with contextlib.suppress(ContainerGoneError):  # gone is fenced enough
+            await self.runtime.kill_container(member.container_id)
+            info = await self.runtime.inspect_container(member.container_id)
+            if info.state not in _FENCED:
+                raise EngineError(
+                    f"could not fence member {member.id!r}: its container is"
+                    f" still {info.state.value} after a kill; no replica is"
+                    " promoted until it is down"
+                )
+
+    async def remove_member(self, member_id: str) -> None:
+        """Stop a member's service gracefully if it is idle, then remove it.
+
+        A member whose actor is busy (a hook hung, say) is removed without
+        the graceful stop: removing its container ends the hook at once,
+        and a member being removed has nothing left to flush.
+        """
+        member = self.members[member_id]
+        if member.alive and member.ready and not member.unresponsive:
+            await self._stop_gracefully(member)
+
+        member.changing = True
+        with anyio.CancelScope(shield=True):
+            await self.spawner.remove(member)
+        del self.members[member_id]
+
+    async def _stop_gracefully(self, member: Member) -> None:
+        if member.actor.busy:
+            _log.info(
+                "stop_skipped",
+                service=self.spec.name,
+                member=member.id,
+                reason="a hook is still running in it",
+            )
+            return
+
+        try:
+            await member.ref.ask(StopService(self.view()), timeout=ASK_TIMEOUT)
+        except RolecallError as error:
+            # The container goes anyway; a failed graceful stop only loses
+            # the chance to flush, which a removed member no longer needs.
+            _log.warning(
+                "stop_failed",
+                service=self.spec.name,
+                member=member.id,
+                error=str(error),
+            )

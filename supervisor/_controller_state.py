@@ -1,0 +1,278 @@
+"""What a service controller knows, and the bookkeeping every part of it shares.
+
+`ControllerState` holds the fields of a `ServiceController` and the helpers
+its parts use: the hooks' view of the service, the timeline, the writer.
+The parts are mixins over it: ``_observing`` (listing, probes, losses),
+``_acting`` (the steps), ``_switchover`` (a graceful change of primary) and
+``_controller`` (the loop, supervision and the public calls).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from attrs import define, field
+
+from rolecall.actors import ContainerRuntime, HookConvention, ServiceView
+from rolecall.hooks_protocol import MemberInfo, Plan
+
+from ._dead_letters import DeadLetterLog
+from ._members import Member, MemberSpawner
+from ._records import MemberView, ServiceEvent, ServiceStatus
+from ._spec import ServiceSpec
+from ._supervision import Backoff, Intensity
+
+__all__ = ["ControllerState"]
+
+# Timeline events that mean rolecall stopped trying: logged as errors.
+_ERROR_KINDS = frozenset({"service_failed"})
+
+_log = structlog.get_logger("rolecall.supervisor")
+
+
+@define(eq=False)
+class ControllerState:
+    """The state of one service's controller; see `ServiceController`.
+
+    Args:
+        spec: The desired state.
+        plan: The image's plan, probed when the spec was accepted.
+        convention: How the image's hooks are called.
+        runtime: The engine the members run on.
+        spawner: Starts container actors in the supervisor's task group.
+        emit: Receives timeline events.
+        probe_interval: Seconds between passes when nothing wakes it.
+    """
+
+    spec: ServiceSpec
+    plan: Plan
+    convention: HookConvention
+    runtime: ContainerRuntime
+    spawner: MemberSpawner
+    emit: Callable[[ServiceEvent], None]
+    probe_interval: float = 2.0
+    # Members by id, oldest first; a member leaves only when removed.
+    members: dict[str, Member] = field(factory=dict)
+    # Ordinal of the next member created; ids are never reused.
+    next_number: int = 1
+    # Highest epoch handed out; every role command gets a higher one.
+    epoch: int = 0
+    # Bumped on every spec change; a pass that plans nothing converges it.
+    generation: int = 0
+    # The generation the last healthy, empty pass saw; equal to
+    # `generation` when the service has converged to its current spec. Set
+    # back to -1 when a member is lost, a pass finds work or fails, until a
+    # pass finds nothing to do and every member up again.
+    converged_generation: int = -1
+    # Whether steps ran since the last pass that found nothing to do; the
+    # next such pass reports the service converged again.
+    acted_since_converged: bool = True
+    # Why the last pass failed; None after a pass that did not fail.
+    last_error: str | None = None
+    # While True a lost writer is fenced but no replica is promoted.
+    failover_paused: bool = False
+    # Why supervision gave up on the service; None while it has not. No
+    # pass runs while it is set; a new spec clears it.
+    failure: str | None = None
+    # What member actors could not handle.
+    dead_letters: DeadLetterLog = field(init=False)
+    # Failed passes in a row, and the delay they call for.
+    pass_backoff: Backoff = field(init=False)
+    # Restarts in a row, and the delay before the next may happen.
+    restart_backoff: Backoff = field(init=False)
+    # Restarts within the intensity window.
+    intensity: Intensity = field(init=False)
+    # Clock time before which no pass runs but for an urgent reason (set
+    # after a failed pass); 0 when passes may run at once.
+    retry_at: float = 0.0
+    # Clock time before which no member is restarted; the next pass comes
+    # then if one is waiting.
+    restart_at: float = 0.0
+    # When the writer was found lost (wall clock), and which member it was;
+    # None while no writer is lost.
+    writer_lost_at: float | None = None
+    lost_writer: str | None = None
+    # Whether a `degraded` event was emitted since the last convergence.
+    degraded_reported: bool = False
+    # Where probes run while the loop runs; None before `run` and after.
+    tasks: TaskGroup | None = None
+    # Set to wake the loop early (engine event, spec change, probe end).
+    wake_event: anyio.Event = field(factory=anyio.Event)
+    # Whether the pending wake-up must cut a backoff short.
+    urgent: bool = False
+    # Set (and replaced) whenever a probe ends or the loop is woken, for a
+    # pass waiting on its probes.
+    stirred: anyio.Event = field(factory=anyio.Event)
+    # Set (and replaced) after every pass, for waiters.
+    passed: anyio.Event = field(factory=anyio.Event)
+    # Cancelled when an unexpected loss makes the steps under way moot;
+    # None while no steps run.
+    acting: anyio.CancelScope | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.dead_letters = DeadLetterLog(self.spec.name)
+        self.pass_backoff = Backoff(self.spec.supervision)
+        self.restart_backoff = Backoff(self.spec.supervision)
+        self.intensity = Intensity(self.spec.supervision)
+
+    # -- waking --------------------------------------------------------------
+
+    def wake(self, *, urgent: bool = False) -> None:
+        """Run a pass now rather than at the next interval.
+
+        An ``urgent`` wake-up also cuts a backoff short: a spec change, an
+        operator's request, a member lost unexpectedly.
+        """
+        self.urgent |= urgent
+        self.wake_event.set()
+        self.stir()
+
+    def stir(self) -> None:
+        """Wake whoever waits on `stirred`."""
+        stirred, self.stirred = self.stirred, anyio.Event()
+        stirred.set()
+
+    # -- supervision ---------------------------------------------------------
+
+    def note_restart(self, what: str, now: float) -> bool:
+        """Count one restart against the backoff and the intensity limit.
+
+        Args:
+            what: What restarted, for the reason if this was one too many.
+            now: The clock time (anyio's) of the restart.
+
+        Returns:
+            Whether the service is still within its limit; when not, the
+            controller has given up on it (see `give_up`).
+        """
+        delay = self.restart_backoff.fail(now)
+        self.restart_at = now + delay
+        if self.intensity.record(now):
+            return True
+
+        settings = self.spec.supervision
+        self.give_up(
+            f"more than {settings.max_restarts} restarts within"
+            f" {settings.within:g}s (the last: {what}); fix the cause, then"
+            " apply the spec again"
+        )
+        return False
+
+    def give_up(self, reason: str) -> None:
+        """Mark the service failed: no pass runs until a new spec comes.
+
+        The controller is the service's supervisor and the `Supervisor` its
+        parent; escalating to the top means this: the service is marked
+        failed with the reason, a ``service_failed`` event goes out, and
+        every other service carries on.
+        """
+        self.failure = reason
+        self.converged_generation = -1
+        self.event("service_failed", None, reason)
+
+    # -- status --------------------------------------------------------------
+
+    def status(self) -> ServiceStatus:
+        """A snapshot of the service as last observed."""
+        writer = self.writer()
+        return ServiceStatus(
+            name=self.spec.name,
+            image=self.spec.image,
+            topology=self.spec.topology,
+            replicas=self.spec.replicas,
+            converged=self.converged_generation == self.generation,
+            epoch=self.epoch,
+            primary=writer.id if writer else None,
+            members=tuple(self.member_view(m) for m in self.members.values()),
+            last_error=self.last_error,
+            failover_paused=self.failover_paused,
+            failure=self.failure,
+            dead_letters=self.dead_letters.total,
+        )
+
+    def view(self) -> ServiceView:
+        """What the hooks are told about the service."""
+        return ServiceView(
+            service=self.spec.name,
+            members=tuple(
+                MemberInfo(
+                    id=m.id,
+                    role=m.actor.role,
+                    address=self.address(m.id),
+                    epoch=m.actor.epoch,
+                )
+                for m in self.members.values()
+            ),
+            config=self.spec.config,
+            env=self.spec.env,
+            secret_keys=self.spec.secret_keys,
+            timeouts=self.spec.timeouts,
+        )
+
+    def writer(self) -> Member | None:
+        """The member taking writes, if one runs and answers."""
+        writers = [
+            m
+            for m in self.members.values()
+            if m.alive and not m.unresponsive and m.is_writer
+        ]
+        return writers[0] if writers else None
+
+    def address(self, member_id: str) -> str:
+        """``host:port`` at which other members reach ``member_id``."""
+        return f"{member_id}:{self.plan.ports[0]}"
+
+    def member_view(self, member: Member) -> MemberView:
+        """One member as ``status`` shows it."""
+        port = member.host_ports.get(self.plan.ports[0])
+        alive = member.alive and not member.unresponsive
+        return MemberView(
+            id=member.id,
+            role=member.actor.role,
+            alive=alive,
+            ready=member.ready and alive,
+            healthy=member.healthy,
+            offset=member.offset,
+            epoch=member.actor.epoch,
+            container_id=member.container_id,
+            container_name=member.name,
+            address=self.address(member.id),
+            published=f"127.0.0.1:{port}" if port else None,
+            following=member.actor.primary,
+        )
+
+    # -- timeline ------------------------------------------------------------
+
+    def event(
+        self,
+        kind: str,
+        member: str | None,
+        detail: str,
+        *,
+        duration: float | None = None,
+        **fields: object,
+    ) -> None:
+        """Log one timeline event and hand it to subscribers."""
+        event = ServiceEvent(
+            time=time.time(),
+            service=self.spec.name,
+            kind=kind,
+            member=member,
+            detail=detail,
+            duration=duration,
+            fields=fields,
+        )
+        log = _log.error if kind in _ERROR_KINDS else _log.info
+        log(
+            kind,
+            service=self.spec.name,
+            member=member,
+            detail=detail,
+            duration_ms=None if duration is None else round(duration * 1000),
+            **fields,
+        )
+        self.emit(event)

@@ -1,0 +1,282 @@
+"""Observing a service: which containers run, and whether members answer.
+
+A pass looks at the engine's listing and starts a ``status`` probe of each
+member that is not being probed already, then waits for the probes a short
+while (`PROBE_WAIT`), never longer: a slow or hung ``status`` hook on one
+member cannot hold up noticing that another died. A probe that finishes
+later still records what it found. Between passes, and while passes back
+off after failures, a ticker keeps probing every ``probe_interval``.
+
+A member whose ``status`` hook runs, or keeps failing, for longer than the
+service's ``unresponsive_after`` is unresponsive: it counts as lost until it
+has been restarted (or, as a lost writer, fenced and replaced).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import anyio
+import structlog
+
+from rolecall.actors import (
+    ActorState,
+    ContainerInfo,
+    ContainerState,
+    Probe,
+    Superseded,
+)
+from rolecall.hooks_protocol import (
+    ContainerGoneError,
+    HookName,
+    MemberStatus,
+    RolecallError,
+)
+
+from ._controller_state import ControllerState
+from ._members import Member
+from ._naming import LABEL_MANAGED, LABEL_SERVICE
+
+__all__ = ["ASK_TIMEOUT", "PROBE_WAIT", "Observing", "is_running", "loss_cause"]
+
+_log = structlog.get_logger("rolecall.supervisor")
+
+ASK_TIMEOUT = 900.0
+"""Seconds any ask of a member may take; hooks carry their own deadlines,
+so this only stops a hang."""
+
+PROBE_WAIT = 1.0
+"""Seconds a pass waits for the probes it started before it plans."""
+
+_ACTOR_ENDED = frozenset({ActorState.STOPPED, ActorState.CRASHED})
+
+# A paused container still runs: it is caught by the unresponsive deadline.
+_RUNNING = frozenset({ContainerState.RUNNING, ContainerState.PAUSED})
+
+
+def is_running(info: ContainerInfo | None) -> bool:
+    """Whether a container's process runs (a paused one does)."""
+    return info is not None and info.state in _RUNNING
+
+
+def loss_cause(info: ContainerInfo | None) -> str:
+    """Why a container is down: ``vanished``, ``oom``, ``exited`` (code 0),
+    ``killed`` (by a signal) or ``crashed`` (any other code)."""
+    if info is None:
+        return "vanished"
+
+    if info.oom_killed:
+        return "oom"
+
+    if info.exit_code == 0:
+        return "exited"
+
+    if info.exit_code is not None and info.exit_code > 128:
+        return "killed"
+
+    return "crashed"
+
+
+class Observing(ControllerState):
+    """The observing part of a `ServiceController`."""
+
+    __slots__ = ()
+
+    async def observe(self) -> None:
+        """Refresh what the engine and the members say; never waits long."""
+        for member in list(self.members.values()):
+            if member.ref.state in _ACTOR_ENDED:
+                await self.replace_actor(member)
+
+        containers = await self.runtime.list_containers(
+            labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        )
+        by_id = {c.id: c for c in containers}
+        for member in self.members.values():
+            self.see(member, by_id.get(member.container_id))
+
+        self.start_probes()
+        await self._wait_probes()
+        self.check_answering()
+
+    def see(self, member: Member, info: ContainerInfo | None) -> None:
+        """Take in what the engine says about a member's container."""
+        running = is_running(info)
+        if member.alive and not running:
+            self.lost(member, info)
+
+        member.alive = running
+        member.missing = info is None
+        member.dirty = False
+        if info is not None and not running:
+            member.exit_code = info.exit_code
+            member.oom_killed = info.oom_killed
+
+    def lost(self, member: Member, info: ContainerInfo | None) -> None:
+        """Report a member whose container stopped without rolecall's say."""
+        member.healthy = False
+        member.alive = False
+        self.converged_generation = -1
+        self._writer_lost(member)
+        cause = loss_cause(info)
+        exit_code = info.exit_code if info is not None else None
+        oom = info.oom_killed if info is not None else False
+        member.exit_code, member.oom_killed = exit_code, oom
+        self.event(
+            "member_lost",
+            member.id,
+            f"container stopped (exit code {exit_code}, {cause})",
+            exit_code=exit_code,
+            oom_killed=oom,
+            cause=cause,
+            role=member.actor.role.value if member.actor.role else None,
+        )
+
+    async def replace_actor(self, member: Member) -> None:
+        """Give a member whose actor ended a new one on the same container.
+
+        An actor ends on its own only when it crashed (a told message
+        failed; the crash watch filed that message as a dead letter) or
+        was stopped by someone else; either way the container is still
+        there and needs an actor to run its hooks. It counts as a restart.
+        """
+        state = member.ref.state
+        if not self.note_restart(
+            f"the actor of {member.id} had {state.value}", anyio.current_time()
+        ):
+            return
+
+        await self.spawner.respawn(member)
+        _log.warning(
+            "member_actor_replaced",
+            service=self.spec.name,
+            member=member.id,
+            old_state=state.value,
+        )
+        self.event(
+            "actor_replaced",
+            member.id,
+            f"its actor had {state.value}; a new one prepares it again",
+            old_state=state.value,
+        )
+
+    # -- probes --------------------------------------------------------------
+
+    def start_probes(self) -> None:
+        """Start a probe of each member that runs and is not being probed."""
+        if self.tasks is None or self.failure is not None:
+            return
+
+        for member in self.members.values():
+            if member.alive and member.ready and not member.probing:
+                member.probing = True
+                self.tasks.start_soon(
+                    self._probe_in_background, member, name=f"probe:{member.id}"
+                )
+
+    async def _probe_in_background(self, member: Member) -> None:
+        try:
+            await self.probe(member)
+        finally:
+            member.probing = False
+            self.stir()
+
+    async def _wait_probes(self) -> None:
+        with anyio.move_on_after(PROBE_WAIT):
+            while not self.urgent and any(m.probing for m in self.members.values()):
+                await self.stirred.wait()
+
+    async def probe(self, member: Member) -> None:
+        """Run ``status`` on a member and keep what it reports."""
+        try:
+            report = await member.ref.ask(Probe(self.view()), timeout=ASK_TIMEOUT)
+        except ContainerGoneError:
+            await self._gone_during_probe(member)
+            return
+        except RolecallError as error:
+            member.healthy = False
+            if member.silent_since is None:
+                member.silent_since = anyio.current_time()
+
+            _log.warning(
+                "probe_failed",
+                service=self.spec.name,
+                member=member.id,
+                error=str(error),
+                error_type=type(error).__name__,
+            )
+            return
+
+        if isinstance(report, Superseded):
+            return  # a role request cut it short; the next probe tells
+
+        assert isinstance(report, MemberStatus)  # noqa: S101  (Probe's reply type)
+        member.record_status(report)
+        member.last_answer = anyio.current_time()
+        member.silent_since = None
+        # Members keep the highest epoch they accepted, across restarts of
+        # rolecall too, and refuse older ones: the next role command must
+        # be newer than any of them.
+        self.epoch = max(self.epoch, report.epoch)
+
+    async def _gone_during_probe(self, member: Member) -> None:
+        # The container died between the listing and this probe: the same
+        # loss the listing would have shown a moment later.
+        if not member.alive or member.changing:
+            return
+
+        try:
+            info: ContainerInfo | None = await self.runtime.inspect_container(
+                member.container_id
+            )
+        except RolecallError:
+            info = None
+
+        if member.alive and not member.changing:
+            self.lost(member, info)
+            self.wake(urgent=True)
+
+    def check_answering(self) -> None:
+        """Mark members silent past the deadline unresponsive."""
+        now = anyio.current_time()
+        deadline = self.spec.supervision.unresponsive_after
+        for member in self.members.values():
+            if not (member.alive and member.ready) or member.unresponsive:
+                continue
+
+            silent = (
+                member.silent_since if member.silent_since is not None else math.inf
+            )
+            running = member.actor.running
+            if running is not None and running[0] is HookName.STATUS:
+                silent = min(silent, running[1])
+
+            if now - silent < deadline:
+                continue
+
+            self._unresponsive(member, now - silent)
+
+    def _unresponsive(self, member: Member, silent: float) -> None:
+        member.unresponsive = True
+        member.healthy = False
+        self.converged_generation = -1
+        self._writer_lost(member)
+        deadline = self.spec.supervision.unresponsive_after
+        self.event(
+            "member_unresponsive",
+            member.id,
+            f"its status hook gave no answer for {silent:.1f}s (deadline"
+            f" {deadline:g}s)",
+            silent=round(silent, 3),
+            role=member.actor.role.value if member.actor.role else None,
+        )
+        self.wake(urgent=True)
+
+    def _writer_lost(self, member: Member) -> None:
+        if member.actor.role is None or not member.is_writer:
+            return
+
+        if self.writer_lost_at is None:
+            self.writer_lost_at = time.time()
+            self.lost_writer = member.id
