@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,9 @@ class ControlClient:
 
         raise AssertionError("stream() ends with a result or raises")
 
-    async def stream(self, op: str, **args: Any) -> AsyncIterator[tuple[str, Any]]:
+    async def stream(
+        self, op: str, **args: Any
+    ) -> AsyncGenerator[tuple[str, Any], None]:
         """Send a request; yield ``(kind, data)`` for every frame of the reply.
 
         Kinds are ``progress`` and ``event`` (streamed), then ``result``,

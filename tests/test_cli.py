@@ -68,7 +68,18 @@ def test_help_shows_an_example_for_every_command() -> None:
     helps = {command: _rolecall(command, "--help") for command in commands}
 
     assert top.returncode == 0
-    assert {"demo", "status"} <= set(commands)
+    assert set(commands) == {
+        "demo",
+        "run",
+        "status",
+        "convert",
+        "switchover",
+        "pause",
+        "resume",
+        "plan",
+        "down",
+        "events",
+    }
     assert "exit codes:" in top.stdout
     for command, shown in helps.items():
         assert shown.returncode == 0
@@ -113,6 +124,58 @@ def test_bad_command_line_exits_2(args: list[str]) -> None:
     assert ran.returncode == 2
     assert "usage: rolecall" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["convert", "cache", "redundant"], id="convert"),
+        pytest.param(["switchover", "cache", "cache-2"], id="switchover"),
+        pytest.param(["pause", "cache"], id="pause"),
+        pytest.param(["events", "--follow"], id="events"),
+        pytest.param(["plan", "cache"], id="plan"),
+    ],
+)
+def test_no_runner_exits_4_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    """A command that needs a runner says none answers and how to start one."""
+    ran = _rolecall(*args, "--state-dir", str(tmp_path))
+
+    assert ran.returncode == 4
+    assert ran.stderr.splitlines() == [
+        f"rolecall: no runner answers at {str(tmp_path / 'control.sock')!r}:"
+        " start one with `rolecall run SPEC`, or pass the runner's --state-dir"
+    ]
+
+
+def test_down_without_the_name_removes_nothing(tmp_path: Path) -> None:
+    """down asks for the service's name and stops, exit 1, on another answer."""
+    ran = subprocess.run(
+        [str(ROLECALL), "down", "cache", "--state-dir", str(tmp_path)],
+        input="yes\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=LIMIT,
+    )
+
+    assert ran.returncode == 1
+    assert ran.stderr.splitlines()[-1].endswith(
+        "rolecall: not confirmed; nothing was removed"
+    )
+    assert "Type the service's name to confirm" in ran.stderr
+
+
+def test_run_with_a_broken_spec_exits_1_with_one_line(tmp_path: Path) -> None:
+    """rolecall run refuses a spec file with errors before touching anything."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text("[services.cache]\nexample = 'redis'\nreplicas = 'two'\n")
+    ran = _rolecall("run", str(spec), "--state-dir", str(tmp_path / "state"))
+
+    assert ran.returncode == 1
+    assert ran.stderr.splitlines() == [
+        f"rolecall: {spec}: services.cache.replicas must be a whole number, got 'two'"
+    ]
+    assert not (tmp_path / "state").exists()
 
 
 # -- on the engine ------------------------------------------------------------

@@ -1,0 +1,287 @@
+"""``rolecall run`` and the commands that talk to it, driven as a user
+would: a runner child process on the real engine, and the CLI beside it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import anyio
+import docker_support
+import pytest
+from docker_support import DockerLab
+from runner_support import (
+    LIMIT,
+    ROLECALL,
+    RunnerProcess,
+    open_runner_process,
+    rolecall,
+    spec_text,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.anyio, pytest.mark.timeout(300)]
+
+# Fixtures shared through docker_support; pytest finds them by these names.
+docker_case = docker_support.docker_case
+redis_image = docker_support.redis_image
+
+SECRET = "pw-7c1e5d-never-logged"  # noqa: S105  (a test value, to look for)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The Docker runtime runs on asyncio only."""
+    return "asyncio"
+
+
+def _docker_names(label: str, *, running_only: bool = True) -> list[str]:
+    listing = subprocess.run(
+        [
+            "docker",
+            "ps",
+            *([] if running_only else ["-a"]),
+            "--filter",
+            f"label={label}",
+            "--format",
+            "{{.Names}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=LIMIT,
+    )
+    return sorted(listing.stdout.split())
+
+
+async def _converged(runner: RunnerProcess, service: str, detail: str) -> None:
+    await runner.wait_for("converged", service=service, detail=detail)
+
+
+async def _status(state: Path) -> dict[str, object]:
+    shown = await rolecall("status", "--json", "--state-dir", str(state))
+    assert shown.returncode == 0, shown.stderr
+    (service,) = json.loads(shown.stdout)
+    return service
+
+
+class TestRunner:
+    """From `rolecall run` to `rolecall down`, as the README shows it."""
+
+    async def test_status_convert_events_plan_and_down(
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
+    ) -> None:
+        """A user runs a spec, reads status, converts, follows, tears down."""
+        service = docker_case.service("run")
+        spec = tmp_path / "spec.toml"
+        spec.write_text(
+            spec_text(service, redis_image, docker_case.labels, secret=SECRET),
+            encoding="utf-8",
+        )
+        state = tmp_path / "state"
+        state_dir = ("--state-dir", str(state))
+        async with open_runner_process(spec, state) as runner:
+            await _converged(runner, service, "standalone with 1 member(s)")
+            before = await _status(state)
+            table = await rolecall("status", *state_dir)
+            async with await anyio.open_process(
+                [str(ROLECALL), "events", "--follow", "--last", "0", *state_dir],
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ) as follower:
+                converted = await rolecall("convert", service, "redundant", *state_dir)
+                followed = await _lines_until(follower, "converged")
+                follower.send_signal(signal.SIGINT)
+                with anyio.fail_after(LIMIT):
+                    follower_exit = await follower.wait()
+            events = await rolecall("events", "--last", "5", *state_dir)
+            plan = await rolecall("plan", service, *state_dir)
+            down = await rolecall(
+                "down", service, *state_dir, stdin=f"{service}\n".encode()
+            )
+            after = await rolecall("status", "--json", *state_dir)
+            text = "".join(runner.text)
+
+        case = docker_case.labels[docker_support.CASE_LABEL]
+        label = f"{docker_support.CASE_LABEL}={case}"
+        member = before["members"][0]
+        assert (before["source"], before["topology"], before["converged"]) == (
+            "runner",
+            "standalone",
+            True,
+        )
+        assert (member["id"], member["role"], member["healthy"]) == (
+            f"{service}-1",
+            "standalone",
+            True,
+        )
+        assert table.returncode == 0
+        assert table.stdout.startswith(f"runner pid {runner.pid}, spec {spec},")
+        assert converted.returncode == 0, converted.stderr
+        assert converted.stdout.splitlines()[0] == f"converting {service} to redundant"
+        assert "step 1 of 3" in converted.stdout
+        assert "step 3 of 3" in converted.stdout
+        assert converted.stdout.splitlines()[-1].endswith(
+            f": {service} is redundant, primary {service}-1, replicas {service}-2"
+        )
+        assert [line.split()[3].rstrip(":") for line in followed] == [
+            "role_applied",
+            "member_created",
+            "member_prepared",
+            "role_applied",
+            "converged",
+        ]
+        assert follower_exit == 0
+        assert events.returncode == 0
+        assert len(events.stdout.splitlines()) == 5
+        assert plan.returncode == 0
+        assert plan.stdout.splitlines()[:3] == [
+            f"plan of service {service}:",
+            "  roles:       primary, replica, standalone",
+            "  topologies:  redundant, standalone",
+        ]
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.splitlines()[-1].endswith(
+            f": service {service} removed (rolecall-{service}-1, rolecall-{service}-2)"
+        )
+        assert json.loads(after.stdout) == []
+        assert _docker_names(label, running_only=False) == []
+        assert SECRET not in text
+
+    async def test_switchover_hands_writes_to_the_named_member(
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
+    ) -> None:
+        """switchover makes the named replica the primary, step by step."""
+        service = docker_case.service("swo")
+        spec = tmp_path / "spec.toml"
+        spec.write_text(
+            spec_text(service, redis_image, docker_case.labels, topology="redundant"),
+            encoding="utf-8",
+        )
+        state = tmp_path / "state"
+        async with open_runner_process(spec, state) as runner:
+            await _converged(runner, service, "redundant with 2 member(s)")
+            switched = await rolecall(
+                "switchover", service, f"{service}-2", "--state-dir", str(state)
+            )
+            status = await _status(state)
+
+        assert switched.returncode == 0, switched.stderr
+        assert switched.stdout.splitlines()[0] == (
+            f"switching {service} over to {service}-2"
+        )
+        assert status["primary"] == f"{service}-2"
+        assert {m["id"]: m["role"] for m in status["members"]} == {
+            f"{service}-1": "replica",
+            f"{service}-2": "primary",
+        }
+
+
+class TestSignals:
+    """SIGHUP reloads the spec file; SIGTERM stops the control plane only."""
+
+    async def test_sighup_rejects_a_bad_file_then_applies_a_good_one(
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
+    ) -> None:
+        """A bad file is rejected with the state kept; a good one is applied."""
+        service = docker_case.service("hup")
+        spec = tmp_path / "spec.toml"
+        good = spec_text(service, redis_image, docker_case.labels, example=True)
+        spec.write_text(good, encoding="utf-8")
+        state = tmp_path / "state"
+        async with open_runner_process(spec, state) as runner:
+            await _converged(runner, service, "standalone with 1 member(s)")
+            spec.write_text(good.replace("standalone", "ring"), encoding="utf-8")
+            mark = len(runner.lines)
+            runner.signal(signal.SIGHUP)
+            rejected = await runner.wait_for("spec_rejected", after=mark)
+            kept = await _status(state)
+            spec.write_text(good.replace("standalone", "redundant"), encoding="utf-8")
+            mark = len(runner.lines)
+            runner.signal(signal.SIGHUP)
+            reloaded = await runner.wait_for("spec_reloaded", after=mark)
+            await runner.wait_for(
+                "converged",
+                after=mark,
+                service=service,
+                detail="redundant with 2 member(s)",
+            )
+            converted = await _status(state)
+
+        assert f"services.{service}: unknown topology 'ring'" in rejected["error"]
+        assert rejected["kept"] == [service]
+        assert (kept["topology"], kept["converged"]) == ("standalone", True)
+        assert reloaded["applied"] == [service]
+        assert converted["topology"] == "redundant"
+        assert [m["role"] for m in converted["members"]] == ["primary", "replica"]
+
+    async def test_sigterm_leaves_the_containers_running(
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
+    ) -> None:
+        """SIGTERM ends the runner with 0; the service's containers run on."""
+        service = docker_case.service("term")
+        spec = tmp_path / "spec.toml"
+        spec.write_text(
+            spec_text(service, redis_image, docker_case.labels), encoding="utf-8"
+        )
+        state = tmp_path / "state"
+        label = f"io.rolecall.service={service}"
+        async with open_runner_process(spec, state) as runner:
+            await _converged(runner, service, "standalone with 1 member(s)")
+            runner.signal(signal.SIGTERM)
+            code = await runner.wait_exit()
+            await runner.wait_for("runner_stopped")
+        running = _docker_names(label)
+        restarted = await rolecall(
+            "run", str(spec), "--state-dir", str(state), timeout=LIMIT
+        )
+        down = await rolecall("down", service, "--yes", "--state-dir", str(state))
+
+        assert code == 0
+        assert running == [f"rolecall-{service}-1"]
+        assert not (state / "control.sock").exists()
+        assert restarted.returncode == 1
+        assert restarted.stderr.splitlines() == [
+            f"rolecall: service {service!r} already has containers on the engine"
+            f" (rolecall-{service}-1), left by an earlier runner; this version"
+            " cannot adopt them yet: remove them with `rolecall down"
+            f" {service}` (no runner needed), or rename the service"
+        ]
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.splitlines()[0].startswith("no runner answers at")
+        assert _docker_names(label, running_only=False) == []
+
+    async def test_a_second_runner_on_the_state_dir_is_refused(
+        self, tmp_path: Path, docker_case: DockerLab
+    ) -> None:
+        """A second runner on the same state directory exits 1 saying why."""
+        spec = tmp_path / "empty.toml"
+        spec.write_text("", encoding="utf-8")
+        state = tmp_path / "state"
+        async with open_runner_process(spec, state) as runner:
+            second = await rolecall("run", str(spec), "--state-dir", str(state))
+
+        assert second.returncode == 1
+        assert second.stderr.splitlines() == [
+            f"rolecall: another runner (pid {runner.pid}) holds the state"
+            f" directory {str(state)!r}: stop it first, or give this one its"
+            " own directory with --state-dir"
+        ]
+
+
+async def _lines_until(process: anyio.abc.Process, word: str) -> list[str]:
+    """Lines of ``process``'s stdout up to the first naming ``word``."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    pending = ""
+    with anyio.fail_after(LIMIT):
+        async for chunk in process.stdout:
+            pending += chunk.decode()
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                lines.append(line)
+                if f" {word}:" in line:
+                    return lines
+
+    raise AssertionError(f"output ended before {word!r}: {lines}")
