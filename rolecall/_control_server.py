@@ -279,7 +279,10 @@ class ControlServer:
             async def switchover() -> dict[str, Any]:
                 return await runner.switchover(service, member, timeout)
 
-            return switchover, None
+            # Each member applies one role: the old primary follows, the
+            # new one takes writes, the others follow it.
+            members = len(runner.supervisor.status(service).members)
+            return switchover, members or None
 
         if args["confirm"] != service:
             raise ControlError(
@@ -301,13 +304,24 @@ class ControlServer:
         The client may leave at any moment (Ctrl-C): the operation goes on
         without it, and the next send finds it gone.
         """
-        async with (
-            self.runner.supervisor.open_timeline() as events,
-            anyio.create_task_group() as group,
-        ):
-            group.start_soon(_send_progress, events, operation, steps, stream)
-            await operation.done.wait()
-            group.cancel_scope.cancel()
+        progress = _Progress(operation, steps, stream)
+        async with self.runner.supervisor.open_timeline() as events:
+            async with anyio.create_task_group() as group:
+                group.start_soon(progress.send_all, events)
+                await operation.done.wait()
+                group.cancel_scope.cancel()
+
+            # Events the operation emitted last may still wait in the
+            # subscription: they come before the outcome.
+            while not progress.gone:
+                try:
+                    event = events.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                await progress.send(event)
+
+        if progress.gone:
+            return False
 
         if operation.error is not None:
             await _send_error(stream, _code(operation.error), str(operation.error))
@@ -359,36 +373,51 @@ class ControlServer:
 # -- helpers ------------------------------------------------------------------
 
 
-async def _send_progress(
-    events: AsyncIterator[ServiceEvent],
-    operation: Operation,
-    steps: int | None,
-    stream: SocketStream,
-) -> None:
-    """Send a progress frame for each timeline event of the operation."""
-    done = 0
-    try:
-        async for event in events:
-            if event.service != operation.service:
-                continue
+@define(eq=False)
+class _Progress:
+    """Sends a long operation's timeline events as progress frames."""
 
-            counted = event.kind in _STEP_KINDS
-            done += counted
-            progress = {
-                "step": done,
-                "steps": max(steps, done) if steps else None,
-                "counted": counted,
-                "elapsed": time.monotonic() - operation.started,
-                "event": event_to_data(event),
-            }
-            await _send(stream, {"progress": progress})
-    except _GONE:
-        _log.info(
-            "control_client_left",
-            op=operation.name,
-            service=operation.service,
-            outcome="the operation goes on",
-        )
+    operation: Operation
+    # Steps the operation should take, when known.
+    steps: int | None
+    stream: SocketStream
+    # Steps done so far: events of `_STEP_KINDS`.
+    done: int = 0
+    # Whether a send found the client gone; nothing is sent after that.
+    gone: bool = False
+
+    async def send_all(self, events: AsyncIterator[ServiceEvent]) -> None:
+        """Send a progress frame for each event until cancelled."""
+        async for event in events:
+            await self.send(event)
+            if self.gone:
+                return
+
+    async def send(self, event: ServiceEvent) -> None:
+        """Send one event of the operation's service as a progress frame."""
+        operation = self.operation
+        if event.service != operation.service or self.gone:
+            return
+
+        counted = event.kind in _STEP_KINDS
+        self.done += counted
+        progress = {
+            "step": self.done,
+            "steps": max(self.steps, self.done) if self.steps else None,
+            "counted": counted,
+            "elapsed": time.monotonic() - operation.started,
+            "event": event_to_data(event),
+        }
+        try:
+            await _send(self.stream, {"progress": progress})
+        except _GONE:
+            self.gone = True
+            _log.info(
+                "control_client_left",
+                op=operation.name,
+                service=operation.service,
+                outcome="the operation goes on",
+            )
 
 
 async def _read_requests(

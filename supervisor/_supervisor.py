@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from attrs import define, evolve, field
 
 from rolecall.actors import (
@@ -264,8 +264,13 @@ class Supervisor:
         return plan_steps(spec, observed, next_number=controller.next_number)
 
     @asynccontextmanager
-    async def open_timeline(self) -> AsyncIterator[AsyncIterator[ServiceEvent]]:
+    async def open_timeline(
+        self,
+    ) -> AsyncIterator[MemoryObjectReceiveStream[ServiceEvent]]:
         """Subscribe to timeline events from now on.
+
+        The subscription is an async iterator of events; its
+        ``receive_nowait()`` takes what has arrived without waiting.
 
         A subscriber that falls more than 1,024 events behind misses the
         overflow (logged), so a slow reader never stalls the supervisor.
