@@ -329,7 +329,10 @@ def query(sql: str, *, address: str | None = None, timeout: float = 10.0) -> str
 
 
 def query_json(sql: str, *, address: str | None = None, timeout: float = 10.0) -> Any:
-    """Run SQL whose last output row is one JSON value; return it decoded."""
+    """Run SQL whose last output row is one JSON value; return it decoded.
+
+    Use ``jsonb`` builders: ``json_agg`` puts line breaks between items.
+    """
     output = query(sql, address=address, timeout=timeout)
     rows = [row for row in output.splitlines() if row.strip()]
     if not rows:
@@ -618,7 +621,7 @@ TIMELINE_SQL = (
 
 POSITIONS_SQL = """
 WITH me AS (SELECT pg_is_in_recovery() AS standby)
-SELECT json_build_object(
+SELECT jsonb_build_object(
   'standby', me.standby,
   'current_lsn', CASE WHEN me.standby THEN NULL
     ELSE pg_current_wal_lsn()::text END,
@@ -631,10 +634,10 @@ SELECT json_build_object(
       (SELECT received_tli FROM pg_stat_wal_receiver),
       (SELECT timeline_id FROM pg_control_checkpoint()))
     ELSE $timeline END,
-  'receiver', (SELECT json_build_object(
+  'receiver', (SELECT jsonb_build_object(
       'status', status, 'sender', sender_host, 'timeline', received_tli)
     FROM pg_stat_wal_receiver),
-  'replicas', (SELECT coalesce(json_agg(r), '[]'::json) FROM (
+  'replicas', (SELECT coalesce(jsonb_agg(r), '[]'::jsonb) FROM (
       SELECT application_name AS name, host(client_addr) AS address,
         state, sync_state, replay_lsn::text AS replay_lsn
       FROM pg_stat_replication ORDER BY client_addr LIMIT 16) r),
