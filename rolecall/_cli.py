@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,12 @@ def _report(error: BaseException, redactor: Redactor) -> int:
         print("rolecall: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
+    if isinstance(leaf, BrokenPipeError):
+        # The reader of stdout left (`rolecall status | head`): say nothing
+        # more, and keep Python from failing to flush stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
     if not isinstance(leaf, RolecallError):
         raise error
 
@@ -125,7 +132,7 @@ def _report(error: BaseException, redactor: Redactor) -> int:
 
 
 def _first_leaf(error: BaseException) -> BaseException:
-    known = (KeyboardInterrupt, RolecallError)
+    known = (KeyboardInterrupt, RolecallError, BrokenPipeError)
     while isinstance(error, BaseExceptionGroup):
         matches = [e for e in error.exceptions if _contains(e, known)]
         error = matches[0] if matches else error.exceptions[0]

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest level of structured log lines on stderr (default: info"
         " for `run`, warning for the other commands)",
     )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the runner's state directory (also accepted after the command)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(commands)
     _add_run(commands)
@@ -67,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _state_dir(command: argparse.ArgumentParser) -> None:
+    # SUPPRESS: when not given after the command, the global option stands.
     command.add_argument(
         "--state-dir",
         metavar="DIR",
+        default=argparse.SUPPRESS,
         help="the runner's state directory (default: see `rolecall --help`)",
     )
 
