@@ -11,7 +11,9 @@ timeline or poll with a deadline.
 
 from __future__ import annotations
 
+import io
 import itertools
+import re
 import subprocess
 import tempfile
 import time
@@ -27,6 +29,8 @@ import pytest
 from attrs import define, field
 from docker_support import CASE_LABEL, DockerLab
 
+from rolecall._demo import DEMO_LABEL
+from rolecall._demo_postgres import run_postgres_demo
 from rolecall._images import ensure_image
 from rolecall.actors import (
     ContainerSpec,
@@ -654,3 +658,30 @@ async def test_backup_on_a_backup_node_restores_into_a_fresh_standalone(
     assert again.data["restored"] is False
     assert expected == list(range(1, SEED + 1))
     assert on_restored == expected
+
+
+# -- the demo ---------------------------------------------------------------
+
+
+async def test_postgres_demo_verifies_every_row_twice_and_cleans_up(
+    docker_runtime: DockerRuntime, postgres_image: str
+) -> None:
+    """The PostgreSQL demo fails over, reads every row back twice, leaves nothing."""
+    out = io.StringIO()
+    with anyio.fail_after(LIMIT * 2):
+        await run_postgres_demo(rows=2000, out=out)
+    text = out.getvalue()
+    verified = re.findall(r"verified (\d+)/(\d+) rows", text)
+    demo = {DEMO_LABEL: "true"}
+    left = [
+        *await docker_runtime.list_containers(labels=demo),
+        *await docker_runtime.list_volumes(labels=demo),
+        *await docker_runtime.list_networks(labels=demo),
+    ]
+
+    assert len(verified) == 2
+    assert all(good == total for good, total in verified)
+    assert int(verified[0][1]) >= 2000
+    assert "failover: " in text
+    assert "member_fenced" in text
+    assert left == []
