@@ -37,7 +37,7 @@ from rolecall.hooks_protocol import (
 )
 
 from ._members import Member
-from ._observing import ASK_TIMEOUT, Observing
+from ._observing import ASK_TIMEOUT, PROBE_WAIT, Observing
 from ._reconciler import (
     ApplyRole,
     CreateMember,
@@ -189,12 +189,25 @@ class Acting(Observing):
         )
 
     async def prepare(self, member: Member) -> None:
-        """Run ``plan``, ``configure`` and ``start``, then probe the member."""
+        """Run ``plan``, ``configure`` and ``start``, then probe the member.
+
+        The probe is waited for as briefly as a pass waits for its probes:
+        a ``status`` hook that hangs must not hold up the steps that follow.
+        """
         await member.ref.ask(Prepare(self.view()), timeout=ASK_TIMEOUT)
         member.last_answer = anyio.current_time()
         # A container that outlived an earlier supervisor knows a newer
-        # epoch than this controller: learn it before sending a role.
-        await self.probe(member)
+        # epoch than this controller: learn it before sending a role. (If
+        # the probe is late, a stale role command is refused, the next
+        # probe teaches the epoch, and the next pass sends a newer one.)
+        if self.tasks is None:
+            await self.probe(member)
+            return
+
+        self.start_probes()
+        with anyio.move_on_after(PROBE_WAIT):
+            while member.probing:
+                await self.stirred.wait()
 
     async def apply_role(self, member_id: str, step: ApplyRole) -> bool:
         """Tell a member its role under a new epoch.

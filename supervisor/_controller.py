@@ -254,14 +254,15 @@ class ServiceController(Switching):
                 next_number=self.next_number,
                 promote=not self.failover_paused,
             )
-            self._report_withheld()
             if not steps:
+                self._report_withheld()
                 self._settled(generation)
                 return
 
             self.acted_since_converged = True
             self.converged_generation = -1
             done = await self.act(steps)
+            self._report_withheld()
         except RolecallError as error:
             self._failed(error)
         else:

@@ -336,7 +336,14 @@ class _Planner:
             writer = max(lost, key=_writer_rank)
             return writer.id if self._revive(writer) else None
 
-        fresh = [m for m in self.members if m.alive and m.role is None]
+        # A member that never got a role (it may have died while being
+        # prepared) is restarted rather than replaced, so a container that
+        # dies in its start hook counts against the restart limits.
+        fresh = [
+            m
+            for m in self.members
+            if m.role is None and (m.alive or self._may_restart(m))
+        ]
         if fresh:
             self._revive(fresh[0])
             return fresh[0].id
