@@ -177,6 +177,51 @@ class TestRunner:
             f"{service}-2": "primary",
         }
 
+    async def test_ctrl_c_leaves_the_conversion_to_the_runner(
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
+    ) -> None:
+        """Ctrl-C on convert exits 130, says the runner goes on, and it does."""
+        service = docker_case.service("int")
+        spec = tmp_path / "spec.toml"
+        spec.write_text(
+            spec_text(service, redis_image, docker_case.labels), encoding="utf-8"
+        )
+        state = tmp_path / "state"
+        async with open_runner_process(spec, state) as runner:
+            await _converged(runner, service, "standalone with 1 member(s)")
+            mark = len(runner.lines)
+            async with await anyio.open_process(
+                [
+                    str(ROLECALL),
+                    "convert",
+                    service,
+                    "redundant",
+                    "--state-dir",
+                    str(state),
+                ],
+                stdin=subprocess.DEVNULL,
+            ) as convert:
+                shown = await _lines_until(convert, "role_applied")
+                convert.send_signal(signal.SIGINT)
+                with anyio.fail_after(LIMIT):
+                    code = await convert.wait()
+                assert convert.stderr is not None
+                said = b"".join([chunk async for chunk in convert.stderr]).decode()
+            await runner.wait_for(
+                "converged",
+                after=mark,
+                service=service,
+                detail="redundant with 2 member(s)",
+            )
+
+        assert shown[0] == f"converting {service} to redundant"
+        assert code == 130
+        assert said == (
+            f"rolecall: interrupted; the runner goes on with the conversion of"
+            f" {service}: follow it with `rolecall events --follow`, check it"
+            " with `rolecall status`\n"
+        )
+
 
 class TestSignals:
     """SIGHUP reloads the spec file; SIGTERM stops the control plane only."""
