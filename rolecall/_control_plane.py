@@ -32,8 +32,11 @@ async def open_control_plane(
         probe_interval: Seconds between health passes of each service.
 
     Yields:
-        The supervisor: ``apply``, ``convert``, ``wait_converged``,
-        ``status``, ``statuses``, ``remove`` and ``open_timeline``.
+        The supervisor, with the operations of the runner's control API:
+        ``apply``, ``convert``, ``switchover``, ``pause_failover``,
+        ``resume_failover``, ``wait_converged``, ``status``, ``statuses``,
+        ``plan``, ``remove``, ``release``, and ``open_timeline`` for an
+        async iterator of events.
 
     Raises:
         EngineUnavailableError: No Docker engine answers at ``docker_url``.
