@@ -12,8 +12,6 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -43,8 +41,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENGINE = 3
 EXIT_NO_RUNNER = 4
-
-_POSTGRES_DEMO = "rolecall._demo_postgres"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,17 +151,13 @@ async def _dispatch(args: argparse.Namespace, redactor: Redactor) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    # Imported here: the demos need the `demo` extra (redis), which the
-    # other commands do not.
+    # Imported here: the demos need the `demo` extra (a Redis or PostgreSQL
+    # client), which the other commands do not.
     if args.service == "postgres":
-        if importlib.util.find_spec(_POSTGRES_DEMO) is None:
-            raise RolecallError(
-                "the PostgreSQL demo is not part of this version yet: run"
-                " `rolecall demo redis`"
-            )
-        module = importlib.import_module(_POSTGRES_DEMO)
-        await module.run_demo(
-            keys=args.keys, replicas=args.replicas, docker_url=args.docker_url
+        from ._demo_postgres import run_postgres_demo  # noqa: PLC0415
+
+        await run_postgres_demo(
+            rows=args.keys, replicas=args.replicas, docker_url=args.docker_url
         )
         return EXIT_OK
 

@@ -85,11 +85,11 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     demo = commands.add_parser(
         "demo",
         help="run a demo end to end on the local engine",
-        description="Bring Redis up standalone, write keys, convert to"
-        " redundant while writing, kill the primary, fail over, convert back"
-        " to standalone, and verify every acknowledged key twice. Builds the"
-        " example image on first use (about a minute) and removes everything"
-        " it created, also when interrupted.",
+        description="Bring Redis (or PostgreSQL) up standalone, write keys,"
+        " convert to redundant while writing, kill the primary, fail over,"
+        " convert back to standalone, and verify every acknowledged key"
+        " twice. Builds the example image on first use (about a minute) and"
+        " removes everything it created, also when interrupted.",
         epilog="example: rolecall demo --keys 10000",
         formatter_class=_FORMATTER,
     )
@@ -104,7 +104,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--keys",
         type=_positive,
         default=10_000,
-        help="keys written before the conversion (default: 10000)",
+        help="keys (rows, for postgres) written before the conversion (default: 10000)",
     )
     demo.add_argument(
         "--replicas",
