@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -254,6 +255,8 @@ def test_recipe_tag_covers_every_file() -> None:
         "status",
         "backup",
         "restore",
+        "export",
+        "import",
     )
 
     assert "postgres" in known_images()
@@ -437,3 +440,34 @@ async def test_configure_refuses_reserved_settings_and_bad_durability(
     assert again["changed"] is False
     assert "work_mem = '8MB'\n" in written.stdout
     assert "log_min_duration_statement = 250\n" in written.stdout
+
+
+async def test_export_then_import_moves_every_row(lab: Lab, tmp_path: Path) -> None:
+    """An export copied out through the engine loads into another member."""
+    source, target = await lab.bring_up("from", "to")
+    await source.take("standalone", 1)
+    await target.take("standalone", 1)
+    _insert(source, 1, ROWS)
+    made = source.sql("CREATE ROLE reader; GRANT SELECT ON t TO reader;")
+
+    exported = await source.ok("export", request={"path": "/data/exports/e1"})
+    again = await source.ok("export", request={"path": "/data/exports/e1"})
+    for copy in (
+        [f"{source.container}:/data/exports/e1", str(tmp_path)],
+        [str(tmp_path / "e1"), f"{target.container}:/data/"],
+    ):
+        assert _docker("cp", *copy).returncode == 0
+
+    imported = await target.ok("import", request={"path": "/data/e1"})
+    repeated = await target.ok("import", request={"path": "/data/e1"})
+    grants = target.sql("SELECT has_table_privilege('reader', 't', 'SELECT');")
+
+    assert made.returncode == 0, made.stderr
+    assert exported["taken"] is True
+    assert again["taken"] is False
+    assert "postgres.dump" in exported["files"]
+    assert "globals.sql" in exported["files"]
+    assert imported["imported"] is True
+    assert repeated["imported"] is False
+    assert grants.stdout.strip() == "t"
+    assert target.rows() == list(range(1, ROWS + 1))
