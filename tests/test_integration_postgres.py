@@ -385,7 +385,9 @@ async def test_sync_failover_loses_no_committed_row(
     assert after.primary in {m.id for m in before.members if m.role is Role.REPLICA}
     assert len(writer.acked) >= SEED + 400
     assert set(writer.acked) <= set(on_new_primary)
-    assert on_new_primary[: len(writer.acked)] == sorted(writer.acked)
+    # A commit cut off by the kill may have reached the replica: rows beyond
+    # the acknowledged ones were at least sent, never invented.
+    assert set(on_new_primary) <= set(range(1, SEED + writer.attempted + 1))
 
 
 async def test_async_failover_loses_only_commits_past_the_switch_point(

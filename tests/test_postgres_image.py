@@ -263,7 +263,7 @@ def test_recipe_tag_covers_every_file() -> None:
     assert image_tag("postgres") == recipe.tag
     assert recipe.tag.startswith("rolecall/postgres:")
     assert {"Dockerfile", "packages.txt", "hooks/pg_hooklib.py"} <= paths
-    assert "hooks/pg_datadir.py" in paths
+    assert {"hooks/pg_datadir.py", "hooks/pg_replication.py"} <= paths
     assert {f"hooks/{hook}" for hook in hooks} <= executable
     assert not any(path.endswith(".py") for path in executable)
     assert "postgresql" in recipe.packages

@@ -18,6 +18,7 @@ from typing import Any
 # Both sit beside this module in the image; in the source tree the type
 # checker sees neither as a top-level module.
 import pg_hooklib as lib  # type: ignore[import-not-found]
+import pg_replication as repl  # type: ignore[import-not-found]
 import rolecall_hook  # type: ignore[import-not-found]
 
 NEW = lib.DATA_DIR / "pgdata.new"
@@ -214,7 +215,7 @@ def primary_facts(address: str) -> dict[str, Any]:
                 "SELECT json_build_object("
                 "'system', (SELECT system_identifier::text FROM pg_control_system()),"
                 "'in_recovery', pg_is_in_recovery(),"
-                f"'timeline', {lib.TIMELINE_SQL});",
+                f"'timeline', {repl.TIMELINE_SQL});",
                 address=address,
             )
     except (lib.PgUnreachableError, lib.PgQueryError) as exc:
@@ -285,12 +286,12 @@ def wait_streaming(timeline: int, *, timeout: float) -> bool:
 
     def on_timeline() -> bool:
         try:
-            facts = lib.positions()
+            facts = repl.positions()
         except (lib.PgUnreachableError, lib.PgQueryError):
             return False
 
         receiver = facts.get("receiver") or {}
-        return lib.is_streaming(facts) and bool(receiver.get("timeline") == timeline)
+        return repl.is_streaming(facts) and bool(receiver.get("timeline") == timeline)
 
     return bool(lib.wait_until(on_timeline, timeout=timeout, interval=0.2))
 
