@@ -2,12 +2,13 @@
 # the whole suite with lint and type checks. Both install what is missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEMO ?= redis  # or postgres: `make demo DEMO=postgres`
 export VENV
 
 .PHONY: demo test setup lint typecheck unit bench clean
 
 demo: setup
-	$(VENV)/bin/rolecall demo
+	$(VENV)/bin/rolecall demo $(DEMO)
 
 test: setup lint typecheck
 	ROLECALL_REQUIRE_DOCKER=1 $(VENV)/bin/pytest
