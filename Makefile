@@ -2,7 +2,8 @@
 # the whole suite with lint and type checks. Both install what is missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO ?= redis  # or postgres: `make demo DEMO=postgres`
+# Which demo `make demo` runs: redis (default) or postgres.
+DEMO ?= redis
 export VENV
 
 .PHONY: demo test setup lint typecheck unit bench clean

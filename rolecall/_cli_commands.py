@@ -28,7 +28,7 @@ from ._cli_render import (
     summary_line,
 )
 from ._control_client import open_control_client
-from ._errors import RunnerUnavailableError
+from ._errors import ControlError, RunnerUnavailableError
 from ._inspect import describe_services, remove_service
 from ._logging import Redactor
 from ._run_command import run_runner
@@ -188,14 +188,21 @@ async def _events(args: argparse.Namespace) -> int:
                     service=args.service,
                     backlog=min(args.last, HISTORY),
                 )
-                async with aclosing(frames):
-                    async for kind, data in frames:
-                        if kind != "event":
-                            continue
-                        if args.json:
-                            print_events_json(data, sys.stdout)
-                        else:
-                            _say(event_line(data))
+                try:
+                    async with aclosing(frames):
+                        async for kind, data in frames:
+                            if kind != "event":
+                                continue
+                            if args.json:
+                                print_events_json(data, sys.stdout)
+                            else:
+                                _say(event_line(data))
+                except ControlError as error:
+                    # A runner that stops (SIGTERM, Ctrl-C) closes every
+                    # stream: for a follower that is the end, not a failure.
+                    if not (args.follow and error.code == "connection_lost"):
+                        raise
+                    _say("rolecall: the runner stopped; no more events", err=True)
                 group.cancel_scope.cancel()
 
     return EXIT_OK

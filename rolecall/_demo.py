@@ -95,7 +95,12 @@ async def run_demo(
         finally:
             with anyio.CancelScope(shield=True):
                 removed = await remove_demo_objects(runtime)
-                timeline.say(f"cleaned up {removed} leftover object(s)")
+                timeline.say(
+                    f"removed {removed} object(s) the run had left behind"
+                    if removed
+                    else "nothing left behind: every container, volume and"
+                    " network the demo made is gone"
+                )
 
 
 async def _scenario(

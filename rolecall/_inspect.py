@@ -31,6 +31,7 @@ from rolecall.supervisor import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE
 __all__ = ["describe_services", "remove_service"]
 
 _STATUS_TIMEOUT = 10.0
+_MEMBER_DEADLINE = 20.0
 
 
 async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
@@ -104,23 +105,31 @@ async def _describe(
     if container.state is not ContainerState.RUNNING:
         return
 
-    try:
-        image = await runtime.inspect_image(container.image)
-        payload = HookPayload(
-            hook=HookName.STATUS,
-            service=service,
-            member=MemberInfo(id=member, role=None, address=member),
-        )
-        run = await run_hook(
-            runtime,
-            container.id,
-            payload,
-            convention=HookConvention.from_image(image),
-            timeout=_STATUS_TIMEOUT,
-        )
-        report = status_from_data(run.result.data)
-    except RolecallError as error:
-        row["error"] = str(error)
+    # The hook's own timeout starts only once the engine runs it; this one
+    # bounds the whole question, so a stuck engine call or a long queue for
+    # exec slots cannot hang `rolecall status`.
+    with anyio.move_on_after(_MEMBER_DEADLINE) as deadline:
+        try:
+            image = await runtime.inspect_image(container.image)
+            payload = HookPayload(
+                hook=HookName.STATUS,
+                service=service,
+                member=MemberInfo(id=member, role=None, address=member),
+            )
+            run = await run_hook(
+                runtime,
+                container.id,
+                payload,
+                convention=HookConvention.from_image(image),
+                timeout=_STATUS_TIMEOUT,
+            )
+            report = status_from_data(run.result.data)
+        except RolecallError as error:
+            row["error"] = str(error)
+            return
+
+    if deadline.cancelled_caught:
+        row["error"] = f"no answer from its status hook within {_MEMBER_DEADLINE:g}s"
         return
 
     row.update(

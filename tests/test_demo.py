@@ -137,7 +137,7 @@ async def test_cancelled_demo_removes_what_it_created(
     out = _Output("converged: ")
 
     await _run_until(out)
-    cleaned = re.search(r"cleaned up (\d+) leftover object\(s\)", out.getvalue())
+    cleaned = re.search(r"removed (\d+) object\(s\) the run had left", out.getvalue())
 
     assert cleaned is not None
     assert int(cleaned[1]) >= 3  # the member's container and volume, the network

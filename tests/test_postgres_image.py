@@ -29,6 +29,7 @@ docker_case = docker_support.docker_case
 HOOKS = "/opt/rolecall/hooks"
 PASSWORD = f"pw '{uuid.uuid4().hex}' with: spaces"
 EXIT_BAD_PAYLOAD = 65
+EXIT_FAILED = 1
 EXIT_RETRY_LATER = 75
 ROWS = 500
 
@@ -353,7 +354,7 @@ async def test_replica_streams_synchronously_and_takes_over(lab: Lab) -> None:
     assert PASSWORD not in ps.stdout
     assert promoted["how"] == "promoted"
     assert promoted["timeline"] == 2
-    assert stale.exit_code == EXIT_BAD_PAYLOAD
+    assert stale.exit_code == EXIT_FAILED
     assert "stale epoch 1" in stale.stderr
     assert PASSWORD not in stale.stderr
     assert local.returncode == 0, local.stderr
@@ -405,7 +406,7 @@ async def test_old_primary_rejoins_by_rewind_without_taking_writes(lab: Lab) -> 
     assert fenced["running"] is False
     assert fenced["fenced_by"] == "r3"
     assert refused.returncode != 0
-    assert stale.exit_code == EXIT_BAD_PAYLOAD
+    assert stale.exit_code == EXIT_FAILED
     assert "may only follow" in stale.stderr
     assert rejoined["how"] == "rewind"
     assert rejoined["timeline"] == 2
