@@ -59,7 +59,7 @@ async def run_command(args: argparse.Namespace, *, redactor: Redactor) -> int:
     if command == "status":
         return await _status(args)
 
-    if command == "down" and not _socket(args).exists():
+    if command == "down" and not await _runner_answers(_socket(args)):
         return await _down_without_runner(args)
 
     if command in _LONG:
@@ -82,6 +82,18 @@ async def run_command(args: argparse.Namespace, *, redactor: Redactor) -> int:
         _say(f"automatic failover of {args.service} resumed")
 
     return EXIT_OK
+
+
+async def _runner_answers(socket: Path) -> bool:
+    """Whether a runner answers on the socket (a killed one leaves its file)."""
+    if not await anyio.Path(socket).exists():
+        return False
+
+    try:
+        async with open_control_client(socket):
+            return True
+    except RunnerUnavailableError:
+        return False
 
 
 async def _status(args: argparse.Namespace) -> int:

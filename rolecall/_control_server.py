@@ -184,6 +184,12 @@ class ControlServer:
         except ControlError as error:
             await _send_error(stream, error.code, str(error))
             keep = True
+        except RequestError as error:
+            # An argument the operation itself found out of range: a bad
+            # request like any other, answered before the connection closes.
+            _log.warning("control_request_refused", code=error.code, error=str(error))
+            await _send_error(stream, error.code, str(error))
+            keep = False
 
         _log.debug(
             "control_request",

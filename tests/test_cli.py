@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,23 @@ async def test_status_json_shows_a_running_service(
         "published": member.published,
         "error": None,
     }
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_engine")
+def test_down_after_a_killed_runner_falls_back_to_the_engine(tmp_path: Path) -> None:
+    """A socket file left by a killed runner does not stop `down` from working."""
+    stale = tmp_path / "control.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(stale))
+    listener.close()  # the file stays, as after kill -9; nobody answers
+
+    done = _rolecall("--state-dir", str(tmp_path), "down", "nosuch", "--yes")
+
+    assert stale.exists()
+    assert done.returncode == 1
+    assert "no runner answers at" in done.stdout
+    assert done.stderr == (
+        "rolecall: the engine holds no container of a service named 'nosuch':"
+        " see `rolecall status`\n"
+    )

@@ -335,6 +335,16 @@ class TestBadInput:
                 "bad_request",
                 id="bool-as-int",
             ),
+            pytest.param(
+                packed({"op": "events", "backlog": -1}),
+                "bad_request",
+                id="negative-backlog",
+            ),
+            pytest.param(
+                packed({"op": "events", "backlog": 2**63}),
+                "bad_request",
+                id="huge-backlog",
+            ),
         ],
     )
     async def test_bad_input_is_answered_with_an_error(
