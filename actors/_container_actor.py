@@ -42,6 +42,7 @@ from rolecall.hooks_protocol import (
     MemberStatus,
     Plan,
     Role,
+    RolecallError,
     plan_from_data,
     status_from_data,
 )
@@ -304,6 +305,16 @@ class ContainerActor(Actor[ContainerMessage]):
                 exit_code=error.exit_code,
                 duration_ms=_ms_since(started),
                 stderr_tail=error.stderr_tail,
+            )
+            raise
+        except RolecallError as error:
+            # The container went away, the engine failed, or the answer did
+            # not decode: the hook's outcome is unknown.
+            log.warning(
+                "hook_run",
+                outcome=type(error).__name__,
+                duration_ms=_ms_since(started),
+                error=str(error),
             )
             raise
         finally:

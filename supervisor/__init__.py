@@ -26,6 +26,7 @@ from ._records import MemberView, ServiceEvent, ServiceStatus
 from ._spec import ServiceSpec, check_plan, validate_spec
 from ._supervision import RestartKind, Strategy, Supervision
 from ._supervisor import Supervisor, open_supervisor
+from ._switchover import SwitchoverSupersededError
 
 __all__ = [
     "DATA_HOOKS",
@@ -50,6 +51,7 @@ __all__ = [
     "Strategy",
     "Supervision",
     "Supervisor",
+    "SwitchoverSupersededError",
     "check_plan",
     "choose_primary",
     "open_supervisor",

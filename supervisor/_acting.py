@@ -6,6 +6,11 @@ pass cut short never leaves a container rolecall has not recorded; waits on
 hooks are not, so an unexpected loss can end the steps under way at once
 (the hooks themselves finish or are superseded in their actors).
 
+The loss of the member a step acts on is left to that step: its hook fails
+with `ContainerGoneError`, which is what the pass reports. The loss of
+another member cancels the steps, as they were planned on a state that no
+longer holds.
+
 Restarts are paced: the first restart of a member that stopped happens at
 once, each later one waits for the backoff (see `Supervision`), and every
 restart counts against the intensity limit. One pass restarts at most one
@@ -48,9 +53,12 @@ from ._reconciler import (
     Step,
 )
 
-__all__ = ["Acting"]
+__all__ = ["FENCE_TIMEOUT", "Acting"]
 
 _log = structlog.get_logger("rolecall.supervisor")
+
+FENCE_TIMEOUT = 30.0
+"""Seconds a fence (kill, then a look that it is down) may take."""
 
 _FENCED = frozenset(
     {ContainerState.EXITED, ContainerState.DEAD, ContainerState.CREATED}
@@ -82,10 +90,12 @@ class Acting(Observing):
 
                         restarted = True
 
+                    self.acting_on = step.member
                     if not await self.execute(step):
                         return False
             finally:
                 self.acting = None
+                self.acting_on = None
 
         return not scope.cancelled_caught
 
@@ -124,6 +134,7 @@ class Acting(Observing):
             step = PrepareMember(step.member)
 
         started = time.monotonic()
+        fields: dict[str, int] = {}
         match step:
             case PrepareMember(member=member_id):
                 await self.prepare(self.members[member_id])
@@ -131,6 +142,7 @@ class Acting(Observing):
             case ApplyRole(member=member_id, role=role, primary=primary):
                 if not await self.apply_role(member_id, step):
                     return False
+                fields["epoch"] = self.epoch
                 follow = f" of {primary}" if primary else ""
                 detail, kind = f"role {role.value}{follow}", "role_applied"
             case FenceMember(member=member_id):
@@ -140,7 +152,8 @@ class Acting(Observing):
                 await self.remove_member(member_id)
                 detail, kind = "stopped and removed", "member_removed"
 
-        self.event(kind, member_id, detail, duration=time.monotonic() - started)
+        took = time.monotonic() - started
+        self.event(kind, member_id, detail, duration=took, **fields)
 
         return True
 
@@ -178,7 +191,7 @@ class Acting(Observing):
         member.exit_code, member.oom_killed = None, False
         member.silent_since = None
         member.last_answer = anyio.current_time()
-        backoff = max(0.0, self.restart_at - anyio.current_time())
+        backoff, gap = self.restart_delay, self.restart_gap
         self.event(
             "member_restarted",
             member_id,
@@ -186,6 +199,7 @@ class Acting(Observing):
             duration=time.monotonic() - started,
             backoff=round(backoff, 3),
             attempt=self.restart_backoff.attempts,
+            since_last=None if gap is None else round(gap, 3),
         )
 
     async def prepare(self, member: Member) -> None:
@@ -289,16 +303,25 @@ class Acting(Observing):
 
     async def _kill_and_confirm(self, member: Member) -> None:
         # No promotion may follow unless the old writer is known down: an
-        # engine that cannot be reached raises here, which ends the pass.
-        with contextlib.suppress(ContainerGoneError):  # gone is fenced enough
-            await self.runtime.kill_container(member.container_id)
-            info = await self.runtime.inspect_container(member.container_id)
-            if info.state not in _FENCED:
-                raise EngineError(
-                    f"could not fence member {member.id!r}: its container is"
-                    f" still {info.state.value} after a kill; no replica is"
-                    " promoted until it is down"
-                )
+        # engine that cannot be reached, or that does not answer in time
+        # (one wedged on the container), raises here, which ends the pass.
+        with anyio.move_on_after(FENCE_TIMEOUT) as deadline:
+            with contextlib.suppress(ContainerGoneError):  # gone: fenced enough
+                await self.runtime.kill_container(member.container_id)
+                info = await self.runtime.inspect_container(member.container_id)
+                if info.state not in _FENCED:
+                    raise EngineError(
+                        f"could not fence member {member.id!r}: its container"
+                        f" is still {info.state.value} after a kill; no replica"
+                        " is promoted until it is down"
+                    )
+
+        if deadline.cancelled_caught:
+            raise EngineError(
+                f"could not fence member {member.id!r}: the engine did not kill"
+                f" its container within {FENCE_TIMEOUT:g}s; no replica is"
+                " promoted until it is down"
+            )
 
     async def remove_member(self, member_id: str) -> None:
         """Stop a member's service gracefully if it is idle, then remove it.

@@ -38,7 +38,7 @@ from ._observing import is_running
 from ._reconciler import Step, plan_steps
 from ._records import ServiceStatus
 from ._spec import ServiceSpec
-from ._switchover import Switching, SwitchoverRequest
+from ._switchover import Switching, SwitchoverRequest, SwitchoverSupersededError
 
 __all__ = ["ServiceController"]
 
@@ -59,8 +59,11 @@ class ServiceController(Switching):
         probe_interval: Seconds between passes when nothing wakes it.
     """
 
-    # Switchovers asked for and not yet run, oldest first.
+    # The switchover asked for and not yet started; at most one, as a newer
+    # request supersedes a waiting one.
     _switchovers: list[SwitchoverRequest] = field(factory=list)
+    # Whether the last pass ran a switchover; the next one reconciles.
+    _switched: bool = False
     # Members whose container is being looked at after an engine event.
     _checking: set[str] = field(factory=set)
     # The parent of the member actors; None before `run` and after.
@@ -127,14 +130,28 @@ class ServiceController(Switching):
     async def switchover(self, member_id: str, *, timeout: float) -> ServiceStatus:
         """Hand writes to ``member_id`` without losing acknowledged writes.
 
+        Switchovers run between passes, one at a time, with a reconcile pass
+        between two of them. One asked for while another waits to start
+        supersedes it: the waiting one raises `SwitchoverSupersededError`.
+
         Raises:
             SpecError: Unknown member, or one that cannot take over.
             ConvergenceTimeoutError: It did not finish in ``timeout`` s.
+            SwitchoverSupersededError: A newer switchover replaced this one
+                before it started.
             RolecallError: A hook of the switchover failed; see the error.
         """
         self.check_switchover(member_id)
         request = SwitchoverRequest(member_id)
-        self._switchovers.append(request)
+        # Requests not started yet are superseded: the latest one wins.
+        for queued in self._switchovers:
+            queued.error = SwitchoverSupersededError(
+                f"switchover of service {self.spec.name!r} to {queued.member!r}"
+                f" was superseded by one to {member_id!r} before it started"
+            )
+            queued.done.set()
+
+        self._switchovers = [request]
         self.wake(urgent=True)
         with anyio.move_on_after(timeout):
             await request.done.wait()
@@ -243,10 +260,14 @@ class ServiceController(Switching):
         try:
             self._settle()
             await self.observe()
-            if self._switchovers:
+            # A reconcile pass runs between two switchovers.
+            if self._switchovers and not self._switched:
+                self._switched = True
                 await self.run_switchover(self._switchovers.pop(0))
                 self.wake(urgent=True)
                 return
+
+            self._switched = False
 
             steps = plan_steps(
                 self.spec,
@@ -299,7 +320,13 @@ class ServiceController(Switching):
             return
 
         self.see(member, info)
-        if self.acting is not None:
+        if self.acting is not None and self.acting_on != member.id:
+            self.event(
+                "steps_interrupted",
+                self.acting_on,
+                f"{member.id} was lost while steps ran; the next pass plans again",
+                lost=member.id,
+            )
             self.acting.cancel()
 
         self.wake(urgent=True)

@@ -92,6 +92,12 @@ class ControllerState:
     # Clock time before which no member is restarted; the next pass comes
     # then if one is waiting.
     restart_at: float = 0.0
+    # The delay the last restart set before the next may happen.
+    restart_delay: float = 0.0
+    # Clock time of the last restart, and the seconds from the one before
+    # it to it (None for the first).
+    restarted_at: float | None = None
+    restart_gap: float | None = None
     # When the writer was found lost (wall clock), and which member it was;
     # None while no writer is lost.
     writer_lost_at: float | None = None
@@ -112,6 +118,8 @@ class ControllerState:
     # Cancelled when an unexpected loss makes the steps under way moot;
     # None while no steps run.
     acting: anyio.CancelScope | None = None
+    # The member the step under way acts on; None between steps.
+    acting_on: str | None = None
 
     def __attrs_post_init__(self) -> None:
         self.dead_letters = DeadLetterLog(self.spec.name)
@@ -151,6 +159,10 @@ class ControllerState:
         """
         delay = self.restart_backoff.fail(now)
         self.restart_at = now + delay
+        self.restart_delay = delay
+        if self.restarted_at is not None:
+            self.restart_gap = now - self.restarted_at
+        self.restarted_at = now
         if self.intensity.record(now):
             return True
 

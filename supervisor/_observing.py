@@ -196,10 +196,12 @@ class Observing(ControllerState):
             return
         except RolecallError as error:
             member.healthy = False
+            # One warning per streak of failures; the rest at debug level.
+            log = _log.debug if member.silent_since is not None else _log.warning
             if member.silent_since is None:
                 member.silent_since = anyio.current_time()
 
-            _log.warning(
+            log(
                 "probe_failed",
                 service=self.spec.name,
                 member=member.id,

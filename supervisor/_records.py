@@ -113,7 +113,8 @@ class ServiceEvent:
             ``failover`` (another member took over writes),
             ``writer_restarted`` (the lost writer took writes again in
             place), ``failover_withheld``, ``switchover``, ``converged``,
-            ``degraded``, ``step_failed``, ``pass_crashed``,
+            ``degraded``, ``step_failed``, ``steps_interrupted``,
+            ``pass_crashed``,
             ``service_failed``.
         member: The member concerned, if one is.
         detail: A short human-readable description.

@@ -32,7 +32,12 @@ from rolecall.hooks_protocol import Role, RolecallError, SpecError, Topology
 from ._acting import Acting
 from ._members import Member
 
-__all__ = ["SWITCHOVER_BEHAVIOUR", "Switching", "SwitchoverRequest"]
+__all__ = [
+    "SWITCHOVER_BEHAVIOUR",
+    "Switching",
+    "SwitchoverRequest",
+    "SwitchoverSupersededError",
+]
 
 SWITCHOVER_BEHAVIOUR = "switchover"
 """The plan behaviour that says the ``role`` hook understands ``handover``."""
@@ -138,19 +143,7 @@ class Switching(Acting):
 
         started = time.monotonic()
         await self._hand(old, Role.REPLICA, target.id, handover=True)
-        self.event(
-            "role_applied",
-            old.id,
-            f"role replica of {target.id}, after handing writes over",
-            duration=time.monotonic() - started,
-        )
         await self._hand(target, Role.PRIMARY, None)
-        self.event(
-            "role_applied",
-            target.id,
-            "role primary",
-            duration=time.monotonic() - started,
-        )
         for member in list(self.members.values()):
             if member in (old, target) or not (member.alive and member.ready):
                 continue
@@ -181,6 +174,7 @@ class Switching(Acting):
             epoch=self.epoch,
             handover=handover,
         )
+        started = time.monotonic()
         outcome = await self.request_role(member, message)
         if isinstance(outcome, Superseded):
             raise SwitchoverSupersededError(
@@ -188,6 +182,16 @@ class Switching(Acting):
                 f" {message.epoch}) was superseded by a newer one"
             )
 
+        follow = f" of {primary}" if primary else ""
+        how = ", after handing writes over" if handover else ""
+        self.event(
+            "role_applied",
+            member.id,
+            f"role {role.value}{follow}{how}",
+            duration=time.monotonic() - started,
+            epoch=message.epoch,
+        )
+
 
 class SwitchoverSupersededError(RolecallError):
-    """A newer role request replaced one of the switchover's."""
+    """A newer request replaced the switchover, or one of its role requests."""

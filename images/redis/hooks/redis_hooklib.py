@@ -90,13 +90,24 @@ def save_state(state: dict[str, Any]) -> None:
     write_role_conf(state)
 
 
+NOWHERE = ("127.0.0.1", 1)
+"""Where a member that has no role yet replicates from: nothing listens
+there, so it stays a read-only replica until the role hook says otherwise."""
+
+
 def write_role_conf(state: dict[str, Any]) -> bool:
-    """Write the config include that makes Redis start in the saved role."""
+    """Write the config include that makes Redis start in the saved role.
+
+    A member never given a role starts as a replica of `NOWHERE`, so that a
+    new member never takes writes before rolecall has told it to.
+    """
     lines = ["# Written by the rolecall role hook; edits are overwritten."]
     address = state.get("primary_address")
     if state.get("role") == "replica" and address:
         host, port = split_address(address)
         lines.append(f"replicaof {quote(host)} {port}")
+    elif state.get("role") is None:
+        lines.append(f"replicaof {NOWHERE[0]} {NOWHERE[1]}")
 
     return write_atomically(ROLE_CONF_PATH, "\n".join(lines) + "\n")
 
