@@ -89,6 +89,9 @@ class Member:
     exit_code: int | None = None
     # Whether its container was last killed for memory.
     oom_killed: bool = False
+    # Clock time (anyio's) at which it was last found lost; a listing of
+    # containers taken before then is older news and must not revive it.
+    lost_at: float | None = None
     # Clock time (anyio's) of its last answered status, or of the moment it
     # was last prepared; the unresponsive deadline counts from here.
     last_answer: float = 0.0

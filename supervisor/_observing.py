@@ -89,20 +89,39 @@ class Observing(ControllerState):
             if member.ref.state in _ACTOR_ENDED:
                 await self.replace_actor(member)
 
+        listed_at = anyio.current_time()
         containers = await self.runtime.list_containers(
             labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
         )
         by_id = {c.id: c for c in containers}
         for member in self.members.values():
-            self.see(member, by_id.get(member.container_id))
+            self.see(member, by_id.get(member.container_id), listed_at=listed_at)
 
         self.start_probes()
         await self._wait_probes()
         self.check_answering()
 
-    def see(self, member: Member, info: ContainerInfo | None) -> None:
+    def see(
+        self,
+        member: Member,
+        info: ContainerInfo | None,
+        *,
+        listed_at: float | None = None,
+    ) -> None:
         """Take in what the engine says about a member's container."""
         running = is_running(info)
+        if (
+            running
+            and not member.alive
+            and member.lost_at is not None
+            and listed_at is not None
+            and member.lost_at >= listed_at
+        ):
+            # A background probe found it gone after this listing was taken:
+            # the listing is older news, and reviving the member would report
+            # the same loss twice.
+            return
+
         if member.alive and not running:
             self.lost(member, info)
 
@@ -117,6 +136,7 @@ class Observing(ControllerState):
         """Report a member whose container stopped without rolecall's say."""
         member.healthy = False
         member.alive = False
+        member.lost_at = anyio.current_time()
         self.converged_generation = -1
         self._writer_lost(member)
         cause = loss_cause(info)
