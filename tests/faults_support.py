@@ -269,13 +269,19 @@ async def events_until(
 ) -> list[ServiceEvent]:
     """Timeline events up to and including the first ``done`` one."""
     seen: list[ServiceEvent] = []
-    with anyio.fail_after(within):
+    with anyio.move_on_after(within):
         async for event in events:
             seen.append(event)
             if done(event):
                 return seen
 
-    pytest.fail(f"the timeline ended early: {[e.kind for e in seen]}")
+        pytest.fail(f"the timeline ended early: {_described(seen)}")
+
+    pytest.fail(f"no awaited event within {within:g}s after: {_described(seen)}")
+
+
+def _described(events: list[ServiceEvent]) -> list[str]:
+    return [f"{e.kind} {e.member}: {e.detail}" for e in events]
 
 
 async def sh(runtime: DockerRuntime, container: str, script: str) -> str:
