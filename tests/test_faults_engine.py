@@ -211,9 +211,7 @@ def second_engine(fault_image: str) -> Iterator[SecondEngine]:
 
 
 def _load(image: str, engine: SecondEngine) -> None:
-    save = subprocess.Popen(
-        ["docker", "save", image], stdout=subprocess.PIPE
-    )
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
     try:
         loaded = subprocess.run(
             ["docker", "-H", engine.url, "load", "-q"],
