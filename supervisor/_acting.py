@@ -42,7 +42,7 @@ from rolecall.hooks_protocol import (
 )
 
 from ._members import Member
-from ._observing import ASK_TIMEOUT, PROBE_WAIT, Observing
+from ._observing import PROBE_WAIT, Observing
 from ._reconciler import (
     ApplyRole,
     CreateMember,
@@ -208,7 +208,7 @@ class Acting(Observing):
         The probe is waited for as briefly as a pass waits for its probes:
         a ``status`` hook that hangs must not hold up the steps that follow.
         """
-        await member.ref.ask(Prepare(self.view()), timeout=ASK_TIMEOUT)
+        await self.ask_member(member, Prepare(self.view()))
         member.last_answer = anyio.current_time()
         # A container that outlived an earlier supervisor knows a newer
         # epoch than this controller: learn it before sending a role. (If
@@ -350,7 +350,7 @@ class Acting(Observing):
             return
 
         try:
-            await member.ref.ask(StopService(self.view()), timeout=ASK_TIMEOUT)
+            await self.ask_member(member, StopService(self.view()))
         except RolecallError as error:
             # The container goes anyway; a failed graceful stop only loses
             # the chance to flush, which a removed member no longer needs.

@@ -17,8 +17,13 @@ import structlog
 from anyio.abc import TaskGroup
 from attrs import define, field
 
-from rolecall.actors import ContainerRuntime, HookConvention, ServiceView
-from rolecall.hooks_protocol import MemberInfo, Plan
+from rolecall.actors import (
+    ContainerMessage,
+    ContainerRuntime,
+    HookConvention,
+    ServiceView,
+)
+from rolecall.hooks_protocol import MailboxFullError, MemberInfo, Plan
 
 from ._dead_letters import DeadLetterLog
 from ._members import Member, MemberSpawner
@@ -32,6 +37,10 @@ __all__ = ["ControllerState"]
 _ERROR_KINDS = frozenset({"service_failed"})
 
 _log = structlog.get_logger("rolecall.supervisor")
+
+ASK_TIMEOUT = 900.0
+"""Seconds any ask of a member may take; hooks carry their own deadlines,
+so this only stops a hang."""
 
 
 @define(eq=False)
@@ -185,6 +194,27 @@ class ControllerState:
         self.failure = reason
         self.converged_generation = -1
         self.event("service_failed", None, reason)
+
+    # -- members -------------------------------------------------------------
+
+    async def ask_member(self, member: Member, message: ContainerMessage) -> object:
+        """Ask a member's actor; a full mailbox is logged, then raised.
+
+        Raises:
+            MailboxFullError: The member's mailbox is full (see
+                `MAILBOX_CAPACITY`): refused at once, never waited for.
+            RolecallError: Whatever the hook run raised.
+        """
+        try:
+            return await member.ref.ask(message, timeout=ASK_TIMEOUT)
+        except MailboxFullError:
+            _log.warning(
+                "mailbox_overflow",
+                service=self.spec.name,
+                member=member.id,
+                refused=type(message).__name__,
+            )
+            raise
 
     # -- status --------------------------------------------------------------
 

@@ -34,17 +34,13 @@ from rolecall.hooks_protocol import (
     RolecallError,
 )
 
-from ._controller_state import ControllerState
+from ._controller_state import ASK_TIMEOUT, ControllerState
 from ._members import Member
 from ._naming import LABEL_MANAGED, LABEL_SERVICE
 
 __all__ = ["ASK_TIMEOUT", "PROBE_WAIT", "Observing", "is_running", "loss_cause"]
 
 _log = structlog.get_logger("rolecall.supervisor")
-
-ASK_TIMEOUT = 900.0
-"""Seconds any ask of a member may take; hooks carry their own deadlines,
-so this only stops a hang."""
 
 PROBE_WAIT = 1.0
 """Seconds a pass waits for the probes it started before it plans."""
@@ -210,7 +206,7 @@ class Observing(ControllerState):
     async def probe(self, member: Member) -> None:
         """Run ``status`` on a member and keep what it reports."""
         try:
-            report = await member.ref.ask(Probe(self.view()), timeout=ASK_TIMEOUT)
+            report = await self.ask_member(member, Probe(self.view()))
         except ContainerGoneError:
             await self._gone_during_probe(member)
             return
@@ -255,8 +251,9 @@ class Observing(ControllerState):
         except RolecallError:
             info = None
 
+        # It may be back already (restarted meanwhile): see() tells.
         if member.alive and not member.changing:
-            self.lost(member, info)
+            self.see(member, info)
             self.wake(urgent=True)
 
     def check_answering(self) -> None:

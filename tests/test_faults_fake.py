@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from attrs import define, field
+from structlog.testing import capture_logs
 from supervisor_support import (
     LIMIT,
     PROBE,
@@ -28,9 +29,10 @@ from rolecall.actors import (
     ActorState,
     ApplyRole,
     ContainerInfo,
+    Probe,
     Superseded,
 )
-from rolecall.hooks_protocol import HookName, Role, SpecError
+from rolecall.hooks_protocol import HookName, MailboxFullError, Role, SpecError
 from rolecall.supervisor import (
     RestartKind,
     ServiceEvent,
@@ -39,6 +41,7 @@ from rolecall.supervisor import (
     open_supervisor,
     validate_spec,
 )
+from rolecall.supervisor._members import MAILBOX_CAPACITY
 from rolecall.supervisor._reconciler import (
     ApplyRole as ApplyRoleStep,
 )
@@ -717,6 +720,39 @@ class TestRoleRequests:
         assert not isinstance(outcomes[1], Superseded)
         assert runtime.killed_execs >= 2
         assert status.member("cache-1").epoch >= 51
+
+
+class TestMailboxes:
+    """A member's mailbox is bounded; overflow is refused at once and logged."""
+
+    async def test_a_full_member_mailbox_refuses_at_once_and_logs(self) -> None:
+        """With a status hook stuck, 64 queued messages fill the member's
+        mailbox; the next ask is refused with MailboxFullError and logged as
+        mailbox_overflow."""
+        gate = Gate(held={"rolecall-cache-1"})
+        runtime = kv_runtime(gated=_image(status=gate.hook(HookName.STATUS)))
+        spec = service_spec(
+            image="gated:fake",
+            timeouts={"status": 60},
+            supervision={"unresponsive_after": 60},
+        )
+        with anyio.fail_after(LIMIT), capture_logs() as logs:
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                await supervisor.apply(spec)
+                await gate.started.wait()
+                controller = supervisor.controllers["cache"]
+                member = controller.members["cache-1"]
+                for _ in range(MAILBOX_CAPACITY):
+                    member.ref.tell_nowait(Probe(controller.view()))
+                with pytest.raises(MailboxFullError):
+                    await controller.ask_member(member, Probe(controller.view()))
+                rejected = member.ref.statistics().mailbox.rejected_total
+
+        overflows = [e for e in logs if e["event"] == "mailbox_overflow"]
+        assert [(e["member"], e["refused"]) for e in overflows] == [
+            ("cache-1", "Probe")
+        ]
+        assert rejected == 1
 
 
 class TestCancellation:
