@@ -32,7 +32,13 @@ from rolecall.actors import (
     Probe,
     Superseded,
 )
-from rolecall.hooks_protocol import HookName, MailboxFullError, Role, SpecError
+from rolecall.hooks_protocol import (
+    HookFailedError,
+    HookName,
+    MailboxFullError,
+    Role,
+    SpecError,
+)
 from rolecall.supervisor import (
     RestartKind,
     ServiceEvent,
@@ -55,6 +61,7 @@ from rolecall.supervisor._supervision import Backoff, Intensity
 from rolecall.testing import (
     FakeHook,
     FakeHookCall,
+    FakeHookExit,
     FakeRuntime,
     fake_kv_image,
 )
@@ -720,6 +727,69 @@ class TestRoleRequests:
         assert not isinstance(outcomes[1], Superseded)
         assert runtime.killed_execs >= 2
         assert status.member("cache-1").epoch >= 51
+
+
+class TestExitClasses:
+    """Exit codes decide the response: skip, report, refuse."""
+
+    async def test_missing_optional_hooks_are_skipped(self) -> None:
+        """An image without configure, start and stop hooks still converges:
+        those hooks being unsupported is a no-op."""
+        hooks = fake_kv_image()
+        for name in (HookName.CONFIGURE, HookName.START, HookName.STOP):
+            del hooks[name]
+        runtime = kv_runtime(bare=hooks)
+        with anyio.fail_after(LIMIT), capture_logs() as logs:
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                await supervisor.apply(service_spec(image="bare:fake"))
+                status = await supervisor.wait_converged("cache")
+
+        skipped = sorted(e["hook"] for e in logs if e["event"] == "hook_skipped")
+        assert skipped == ["configure", "start"]
+        assert status.member("cache-1").role is Role.STANDALONE
+
+    async def test_a_refused_payload_points_at_the_config_first(self) -> None:
+        """Exit 65 is reported as a refused payload: check the config, or
+        report a bug."""
+
+        def configure(call: FakeHookCall) -> dict[str, Any]:
+            raise FakeHookExit(65, stderr="config maxmemory is not a size")
+
+        runtime = kv_runtime(picky=_image(configure=configure))
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec(image="picky:fake"))
+                failed = await until(events, "step_failed")
+
+        assert failed[-1].fields["exit_code"] == 65
+        assert (
+            "ended with exit code 65 (it rejected the payload: check the"
+            " service's config or report a bug): config maxmemory is not a size"
+        ) in failed[-1].detail
+
+    async def test_a_stale_epoch_is_refused_with_exit_1(self) -> None:
+        """A role request older than the member's epoch fails with exit 1,
+        naming both epochs, and changes nothing."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                await supervisor.apply(service_spec())
+                await supervisor.wait_converged("cache")
+                controller = supervisor.controllers["cache"]
+                member = controller.members["cache-1"]
+                stale = ApplyRole(controller.view(), Role.PRIMARY, None, 0)
+                with pytest.raises(HookFailedError) as refused:
+                    await member.actor.request_role(stale).wait()
+                after = supervisor.status("cache")
+
+        assert refused.value.exit_code == 1
+        assert refused.value.stderr_tail == (
+            "role: refusing epoch 0, older than epoch 1 already applied"
+        )
+        assert after.member("cache-1").role is Role.STANDALONE
 
 
 class TestMailboxes:
