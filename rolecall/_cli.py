@@ -157,13 +157,21 @@ async def _demo(args: argparse.Namespace) -> int:
         from ._demo_postgres import run_postgres_demo  # noqa: PLC0415
 
         await run_postgres_demo(
-            rows=args.keys, replicas=args.replicas, docker_url=args.docker_url
+            rows=args.keys,
+            replicas=args.replicas,
+            service=args.name or "db",
+            docker_url=args.docker_url,
         )
         return EXIT_OK
 
     from ._demo import run_demo  # noqa: PLC0415
 
-    await run_demo(keys=args.keys, replicas=args.replicas, docker_url=args.docker_url)
+    await run_demo(
+        keys=args.keys,
+        replicas=args.replicas,
+        service=args.name or "cache",
+        docker_url=args.docker_url,
+    )
     return EXIT_OK
 
 

@@ -112,6 +112,11 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=1,
         help="replicas in the redundant topology (default: 1)",
     )
+    demo.add_argument(
+        "--name",
+        help="the demo service's name (default: cache for redis, db for"
+        " postgres); a second demo on the same engine needs another name",
+    )
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -29,8 +29,8 @@ import pytest
 from attrs import define, field
 from docker_support import CASE_LABEL, DockerLab
 
-from rolecall._demo import DEMO_LABEL
 from rolecall._demo_postgres import run_postgres_demo
+from rolecall._demo_scenario import demo_labels
 from rolecall._images import ensure_image
 from rolecall.actors import (
     ContainerSpec,
@@ -666,15 +666,15 @@ async def test_backup_on_a_backup_node_restores_into_a_fresh_standalone(
 
 
 async def test_postgres_demo_verifies_every_row_twice_and_cleans_up(
-    docker_runtime: DockerRuntime, postgres_image: str
+    docker_runtime: DockerRuntime, docker_case: DockerLab, postgres_image: str
 ) -> None:
     """The PostgreSQL demo fails over, reads every row back twice, leaves nothing."""
     out = io.StringIO()
     with anyio.fail_after(LIMIT * 2):
-        await run_postgres_demo(rows=2000, out=out)
+        await run_postgres_demo(rows=2000, service=docker_case.service("db"), out=out)
     text = out.getvalue()
     verified = re.findall(r"verified (\d+)/(\d+) rows", text)
-    demo = {DEMO_LABEL: "true"}
+    demo = demo_labels()
     left = [
         *await docker_runtime.list_containers(labels=demo),
         *await docker_runtime.list_volumes(labels=demo),
