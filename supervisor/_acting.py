@@ -218,7 +218,10 @@ class Acting(Observing):
             await self.probe(member)
             return
 
-        self.start_probes()
+        # Only this member: the others were probed when they were prepared
+        # and by the pass, and probing them all again after each member
+        # made preparing a service quadratic in its size.
+        self.start_probe(member)
         with anyio.move_on_after(PROBE_WAIT):
             while member.probing:
                 await self.stirred.wait()

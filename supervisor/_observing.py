@@ -185,11 +185,18 @@ class Observing(ControllerState):
             return
 
         for member in self.members.values():
-            if member.alive and member.ready and not member.probing:
-                member.probing = True
-                self.tasks.start_soon(
-                    self._probe_in_background, member, name=f"probe:{member.id}"
-                )
+            self.start_probe(member)
+
+    def start_probe(self, member: Member) -> None:
+        """Start a probe of ``member`` if it runs and is not being probed."""
+        if self.tasks is None or self.failure is not None:
+            return
+
+        if member.alive and member.ready and not member.probing:
+            member.probing = True
+            self.tasks.start_soon(
+                self._probe_in_background, member, name=f"probe:{member.id}"
+            )
 
     async def _probe_in_background(self, member: Member) -> None:
         try:
