@@ -129,6 +129,11 @@ class ControllerState:
     acting: anyio.CancelScope | None = None
     # The member the step under way acts on; None between steps.
     acting_on: str | None = None
+    # The hooks' view as `view` last built it, and what it was built from
+    # (the spec, the plan, each member's id, role and epoch); rebuilt only
+    # when one of those changed.
+    _view: ServiceView | None = None
+    _view_key: list[object] = field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         self.dead_letters = DeadLetterLog(self.spec.name)
@@ -237,8 +242,21 @@ class ControllerState:
         )
 
     def view(self) -> ServiceView:
-        """What the hooks are told about the service."""
-        return ServiceView(
+        """What the hooks are told about the service.
+
+        Every ask carries one, and most asks find the members as the last
+        one did: the view is reused while nothing it shows has changed,
+        which spares a service of n members n new records per ask.
+        """
+        key: list[object] = [self.spec, self.plan]
+        for m in self.members.values():
+            key += (m.id, m.actor.role, m.actor.epoch)
+
+        if self._view is not None and key == self._view_key:
+            return self._view
+
+        self._view_key = key
+        self._view = ServiceView(
             service=self.spec.name,
             members=tuple(
                 MemberInfo(
@@ -254,6 +272,8 @@ class ControllerState:
             secret_keys=self.spec.secret_keys,
             timeouts=self.spec.timeouts,
         )
+
+        return self._view
 
     def writer(self) -> Member | None:
         """The member taking writes, if one runs and answers."""
