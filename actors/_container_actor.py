@@ -269,12 +269,14 @@ class ContainerActor(Actor[ContainerMessage]):
             request=request or {},
         )
         timeout = self._timeout(view, hook)
-        log = _log.bind(
-            service=view.service,
-            member=self.member_id,
-            container_id=self.container_id[:12],
-            hook=hook.value,
-        )
+        # Passed with each line rather than bound: binding builds a logger
+        # per run, even when the level drops every line it would write.
+        fields = {
+            "service": view.service,
+            "member": self.member_id,
+            "container_id": self.container_id[:12],
+            "hook": hook.value,
+        }
         started = time.monotonic()
         self._running = hook
         self._running_since = anyio.current_time()
@@ -293,14 +295,15 @@ class ContainerActor(Actor[ContainerMessage]):
                 )
         except HookUnsupportedError as error:
             if hook not in _OPTIONAL_HOOKS:
-                log.warning("hook_run", outcome=type(error).__name__)
+                _log.warning("hook_run", **fields, outcome=type(error).__name__)
                 raise
 
-            log.info("hook_skipped", reason="the image does not carry it")
+            _log.info("hook_skipped", **fields, reason="the image does not carry it")
             return HookResult()
         except HookError as error:
-            log.warning(
+            _log.warning(
                 "hook_run",
+                **fields,
                 outcome=type(error).__name__,
                 exit_code=error.exit_code,
                 duration_ms=_ms_since(started),
@@ -310,8 +313,9 @@ class ContainerActor(Actor[ContainerMessage]):
         except RolecallError as error:
             # The container went away, the engine failed, or the answer did
             # not decode: the hook's outcome is unknown.
-            log.warning(
+            _log.warning(
                 "hook_run",
+                **fields,
                 outcome=type(error).__name__,
                 duration_ms=_ms_since(started),
                 error=str(error),
@@ -322,17 +326,19 @@ class ContainerActor(Actor[ContainerMessage]):
             self._preemptible = None
 
         if scope.cancelled_caught:
-            log.info(
+            _log.info(
                 "hook_run",
+                **fields,
                 outcome="superseded",
                 duration_ms=_ms_since(started),
             )
             return None
 
         level = "debug" if hook in _QUIET_HOOKS else "info"
-        log.log(
+        _log.log(
             _LEVELS[level],
             "hook_run",
+            **fields,
             outcome="ok",
             exit_code=run.exec.exit_code,
             duration_ms=_ms_since(started),
@@ -343,10 +349,14 @@ class ContainerActor(Actor[ContainerMessage]):
 
     def _me(self, view: ServiceView, role: Role | None) -> MemberInfo:
         known = next((m for m in view.members if m.id == self.member_id), None)
+        role = role or self.role
+        if known is not None and known.role is role and known.epoch == self.epoch:
+            return known  # the usual case: the view shows this member as it is
+
         address = known.address if known else self.member_id
         return MemberInfo(
             id=self.member_id,
-            role=role or self.role,
+            role=role,
             address=address,
             epoch=self.epoch,
         )
