@@ -175,6 +175,14 @@ class ActorSpawner:
         self, deadline: float, envelope: _Ask, name: str, timeout: float
     ) -> None:
         deadlines = self._deadlines
+        # Answered asks leave from the top as they come to it: asks with
+        # one timeout are in deadline order as they were asked, so most
+        # leave here soon after their answer, instead of staying (with
+        # their messages and replies) until a sweep, long enough to be
+        # promoted to the oldest generation of the garbage collector.
+        while deadlines and deadlines[0][2].abandoned:
+            heapq.heappop(deadlines)
+
         if len(deadlines) >= self._sweep_at:
             deadlines = self._deadlines = [
                 entry for entry in deadlines if not entry[2].abandoned
