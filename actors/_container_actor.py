@@ -166,8 +166,8 @@ class ContainerActor(Actor[ContainerMessage]):
     ) -> object:
         """Run the hooks the message asks for."""
         match message:
-            case Prepare(view=view):
-                return await self._prepare(view)
+            case Prepare(view=view, plan=plan):
+                return await self._prepare(view, plan)
             case ApplyRole():
                 return await self._apply_role(message)
             case _TakeRole():
@@ -212,9 +212,12 @@ class ContainerActor(Actor[ContainerMessage]):
         else:
             ticket._answer(result)
 
-    async def _prepare(self, view: ServiceView) -> Plan:
-        result = await self._run_fully(view, HookName.PLAN)
-        self.plan = plan_from_data(result.data)
+    async def _prepare(self, view: ServiceView, plan: Plan | None) -> Plan:
+        if plan is None:
+            result = await self._run_fully(view, HookName.PLAN)
+            plan = plan_from_data(result.data)
+
+        self.plan = plan
         self.phase = MemberPhase.PLANNED
         await self._run_fully(view, HookName.CONFIGURE)
         self.phase = MemberPhase.CONFIGURED

@@ -19,6 +19,7 @@ from rolecall.hooks_protocol import (
     HookName,
     HookResult,
     MemberInfo,
+    Plan,
     Role,
 )
 
@@ -69,9 +70,16 @@ class ServiceView:
 
 @frozen
 class Prepare:
-    """Run ``plan``, ``configure`` and ``start``; answered with the `Plan`."""
+    """Run ``plan``, ``configure`` and ``start``; answered with the `Plan`.
+
+    Attributes:
+        plan: The image's plan when the sender has read it already (the
+            supervisor reads it once per image): the ``plan`` hook is then
+            not run again in this container, and the actor keeps this one.
+    """
 
     view: ServiceView
+    plan: Plan | None = None
 
 
 @frozen

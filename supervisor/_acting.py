@@ -138,7 +138,7 @@ class Acting(Observing):
         match step:
             case PrepareMember(member=member_id):
                 await self.prepare(self.members[member_id])
-                detail, kind = "ran plan, configure, start", "member_prepared"
+                detail, kind = "ran configure, start", "member_prepared"
             case ApplyRole(member=member_id, role=role, primary=primary):
                 if not await self.apply_role(member_id, step):
                     return False
@@ -203,12 +203,14 @@ class Acting(Observing):
         )
 
     async def prepare(self, member: Member) -> None:
-        """Run ``plan``, ``configure`` and ``start``, then probe the member.
+        """Run ``configure`` and ``start``, then probe the member.
 
+        The image's plan was read when the spec was accepted, so ``plan``
+        is not run again in each member: the member's actor is handed it.
         The probe is waited for as briefly as a pass waits for its probes:
         a ``status`` hook that hangs must not hold up the steps that follow.
         """
-        await self.ask_member(member, Prepare(self.view()))
+        await self.ask_member(member, Prepare(self.view(), plan=self.plan))
         member.last_answer = anyio.current_time()
         # A container that outlived an earlier supervisor knows a newer
         # epoch than this controller: learn it before sending a role. (If

@@ -172,6 +172,24 @@ class TestPrepare:
             "epoch": 0,
         }
 
+    async def test_prepare_with_a_known_plan_skips_the_plan_hook(self) -> None:
+        """Prepare given the image's plan skips the plan hook and keeps that plan."""
+        recorder = Recorder(fake_kv_image())
+        runtime = _runtime(recorder.image())
+        known = Plan(
+            roles=frozenset({Role.STANDALONE}),
+            topologies=frozenset({Topology.STANDALONE}),
+            ports=(7000,),
+        )
+        with anyio.fail_after(LIMIT):
+            async with _actor(runtime) as (actor, ref):
+                plan = await ref.ask(Prepare(VIEW, plan=known), timeout=LIMIT)
+
+        assert recorder.ran == ["configure", "start"]
+        assert plan is known
+        assert actor.plan is known
+        assert actor.phase is MemberPhase.RUNNING
+
     async def test_a_failing_hook_leaves_the_phase_where_it_was(self) -> None:
         """A configure failure stops at PLANNED, and a retry reaches RUNNING."""
         recorder = Recorder(fake_kv_image())
