@@ -27,7 +27,10 @@ one ``except RolecallError`` to catch them all::
     │   ├── ActorStoppedError       the actor is not running any more
     │   └── AskTimeoutError         no reply came in time
     ├── FailoverError               no member can safely become primary
-    └── ConvergenceTimeoutError     a service did not reach its desired state
+    ├── ConvergenceTimeoutError     a service did not reach its desired state
+    └── StateError                  the control plane's state directory is unusable
+        ├── StateCorruptError       a journal file is truncated or damaged
+        └── StateLockedError        another control plane holds the directory
 
 Every error carries typed fields for what it is about; callers never parse
 messages.
@@ -59,6 +62,9 @@ __all__ = [
     "ProtocolVersionError",
     "RolecallError",
     "SpecError",
+    "StateCorruptError",
+    "StateError",
+    "StateLockedError",
     "UnsupportedTopologyError",
 ]
 
@@ -344,3 +350,36 @@ class ConvergenceTimeoutError(RolecallError):
         self.service = service
         self.timeout = timeout
         self.last_error = last_error
+
+
+# -- durable state ----------------------------------------------------------
+
+
+class StateError(RolecallError):
+    """The state directory (the journal of desired state and changes) cannot
+    be used.
+
+    Attributes:
+        path: The file or directory at fault.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StateCorruptError(StateError):
+    """A journal file is truncated or damaged; it is kept as it is.
+
+    Attributes:
+        previous: The previous generation of the same record, intact, if
+            one is there; ``None`` when there is none.
+    """
+
+    def __init__(self, message: str, *, path: str, previous: str | None) -> None:
+        super().__init__(message, path=path)
+        self.previous = previous
+
+
+class StateLockedError(StateError):
+    """Another control plane holds the state directory's journal lock."""

@@ -38,6 +38,7 @@ from rolecall.hooks_protocol import (
     EngineError,
     HookResult,
     MailboxFullError,
+    Role,
     RolecallError,
 )
 
@@ -52,6 +53,7 @@ from ._reconciler import (
     RestartMember,
     Step,
 )
+from ._service_record import ChangeRecord
 
 __all__ = ["FENCE_TIMEOUT", "Acting"]
 
@@ -91,7 +93,7 @@ class Acting(Observing):
                         restarted = True
 
                     self.acting_on = step.member
-                    if not await self.execute(step):
+                    if not await self.execute(step, planned=steps):
                         return False
             finally:
                 self.acting = None
@@ -117,8 +119,13 @@ class Acting(Observing):
 
         return self.note_restart(f"{member_id} ({cause})", now)
 
-    async def execute(self, step: Step) -> bool:
+    async def execute(self, step: Step, *, planned: list[Step] | None = None) -> bool:
         """Run one step and put it on the timeline.
+
+        Args:
+            step: The step.
+            planned: The steps of the pass it belongs to; a new member's
+                container is labelled with the role they give it.
 
         Returns:
             ``False`` when a role request was superseded before it applied.
@@ -127,7 +134,7 @@ class Acting(Observing):
             # The container comes first, with its own line on the timeline,
             # so that a hook failing next does not hide that it exists.
             if isinstance(step, CreateMember):
-                await self._create(step.member)
+                await self._create(step.member, _planned_role(planned, step.member))
             else:
                 await self._restart(step.member)
 
@@ -157,16 +164,25 @@ class Acting(Observing):
 
         return True
 
-    async def _create(self, member_id: str) -> None:
+    async def _create(self, member_id: str, role: Role | None) -> None:
         started = time.monotonic()
         number = self.next_number
         self.next_number += 1
+        # Written first: a start after a crash here removes what the create
+        # left half made (see ``_adoption``).
+        self.persist(ChangeRecord("create", member_id))
         with anyio.CancelScope(shield=True):
             member = await self.spawner.create(
-                self.spec, self.plan, self.convention, member_id, number
+                self.spec,
+                self.plan,
+                self.convention,
+                member_id,
+                number,
+                origin=(self.generation, self.epoch, role),
             )
         self.members[member_id] = member
         member.last_answer = anyio.current_time()
+        self.persist()
         self.event(
             "member_created",
             member_id,
@@ -234,17 +250,20 @@ class Acting(Observing):
         Returns:
             ``False`` when a newer role request superseded this one.
         """
-        self.epoch += 1
+        epoch = self.take_epoch(
+            ChangeRecord("role", member_id, step.role, step.primary)
+        )
         member = self.members[member_id]
         message = ApplyRoleMessage(
             view=self.view(),
             role=step.role,
             primary=step.primary,
-            epoch=self.epoch,
+            epoch=epoch,
         )
         if isinstance(await self.request_role(member, message), Superseded):
             return False
 
+        self.persist()
         if member.is_writer and self.writer_lost_at is not None:
             self._writer_found(member_id)
 
@@ -305,6 +324,7 @@ class Acting(Observing):
 
         member.alive = False
         member.fenced = True
+        self.persist()
 
     async def _kill_and_confirm(self, member: Member) -> None:
         # No promotion may follow unless the old writer is known down: an
@@ -340,9 +360,11 @@ class Acting(Observing):
             await self._stop_gracefully(member)
 
         member.changing = True
+        self.persist(ChangeRecord("remove", member_id))
         with anyio.CancelScope(shield=True):
             await self.spawner.remove(member)
         del self.members[member_id]
+        self.persist()
 
     async def _stop_gracefully(self, member: Member) -> None:
         if member.actor.busy:
@@ -365,3 +387,12 @@ class Acting(Observing):
                 member=member.id,
                 error=str(error),
             )
+
+
+def _planned_role(steps: list[Step] | None, member_id: str) -> Role | None:
+    """The role the steps of a pass give a member, if they give one."""
+    for step in steps or ():
+        if isinstance(step, ApplyRole) and step.member == member_id:
+            return step.role
+
+    return None

@@ -13,7 +13,8 @@ it is logged, counted as a restart of the pass, and backed off, so one
 service's bug never takes the supervisor or another service down.
 
 The controller is built from mixins over `ControllerState`: observing,
-acting, switchover, and this module's loop and public calls.
+acting, switchover, adoption, and this module's loop and public calls. Its
+first pass adopts the service's containers before it plans anything.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from rolecall.hooks_protocol import (
     RolecallError,
 )
 
+from ._adoption import Adopting
 from ._dead_letters import CrashWatch
 from ._members import Member
 from ._observing import is_running
 from ._reconciler import Step, plan_steps
 from ._records import ServiceStatus
 from ._spec import ServiceSpec
-from ._switchover import Switching, SwitchoverRequest, SwitchoverSupersededError
+from ._switchover import SwitchoverRequest, SwitchoverSupersededError
 
 __all__ = ["ServiceController"]
 
@@ -46,7 +48,7 @@ _log = structlog.get_logger("rolecall.supervisor")
 
 
 @define(eq=False)
-class ServiceController(Switching):
+class ServiceController(Adopting):
     """Drives one service toward its spec and supervises its members.
 
     Args:
@@ -77,12 +79,30 @@ class ServiceController(Switching):
 
     # -- control -------------------------------------------------------------
 
-    def update(self, spec: ServiceSpec) -> None:
+    def update(self, spec: ServiceSpec, *, converting: bool = False) -> None:
         """Take a new desired state and wake the loop.
 
         A service supervision gave up on is taken up again.
+
+        Args:
+            spec: The desired state.
+            converting: Whether it is a conversion of the caller's spec
+                rather than a new one (see ``ControllerState.source``).
+
+        Raises:
+            StateError: The journal could not record it; nothing changed.
         """
+        previous = (self.spec, self.source)
         self.spec = spec
+        if not converting:
+            self.source = (spec.topology, spec.replicas)
+
+        try:
+            self.persist()
+        except RolecallError:
+            self.spec, self.source = previous
+            raise
+
         self.generation += 1
         self.retry_at = 0.0
         for counter in (self.pass_backoff, self.restart_backoff, self.intensity):
@@ -120,11 +140,13 @@ class ServiceController(Switching):
     def pause_failover(self) -> None:
         """Fence a lost writer but promote no replica until resumed."""
         self.failover_paused = True
+        self.persist()
         self.wake(urgent=True)
 
     def resume_failover(self) -> None:
         """Promote a replica again when the writer is lost."""
         self.failover_paused = False
+        self.persist()
         self.wake(urgent=True)
 
     async def switchover(self, member_id: str, *, timeout: float) -> ServiceStatus:
@@ -259,6 +281,9 @@ class ServiceController(Switching):
         steps: list[Step] = []
         try:
             self._settle()
+            if not self.adopted:
+                await self.adopt()
+
             await self.observe()
             # A reconcile pass runs between two switchovers.
             if self._switchovers and not self._switched:

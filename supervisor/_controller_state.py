@@ -23,11 +23,14 @@ from rolecall.actors import (
     HookConvention,
     ServiceView,
 )
-from rolecall.hooks_protocol import MailboxFullError, MemberInfo, Plan
+from rolecall.hooks_protocol import MailboxFullError, MemberInfo, Plan, Topology
 
 from ._dead_letters import DeadLetterLog
+from ._durable import save_snapshot
+from ._journal import Journal
 from ._members import Member, MemberSpawner
 from ._records import MemberView, ServiceEvent, ServiceStatus
+from ._service_record import ChangeRecord, ServiceRecord
 from ._spec import ServiceSpec
 from ._supervision import Backoff, Intensity
 
@@ -134,8 +137,19 @@ class ControllerState:
     # when one of those changed.
     _view: ServiceView | None = None
     _view_key: list[object] = field(factory=list)
+    # Where the service's record is kept; None keeps nothing on disk.
+    journal: Journal | None = None
+    # The record a previous control plane left, until adoption has used it.
+    journaled: ServiceRecord | None = None
+    # Topology and replicas the caller's spec asked for; a conversion
+    # changes `spec` and keeps this, so a restart can tell them apart.
+    source: tuple[Topology, int] = field(init=False)
+    # Whether the service's containers on the engine have been adopted; no
+    # step is planned before.
+    adopted: bool = False
 
     def __attrs_post_init__(self) -> None:
+        self.source = (self.spec.topology, self.spec.replicas)
         self.dead_letters = DeadLetterLog(self.spec.name)
         self.pass_backoff = Backoff(self.spec.supervision)
         self.restart_backoff = Backoff(self.spec.supervision)
@@ -157,6 +171,39 @@ class ControllerState:
         """Wake whoever waits on `stirred`."""
         stirred, self.stirred = self.stirred, anyio.Event()
         stirred.set()
+
+    # -- the journal ---------------------------------------------------------
+
+    def persist(self, change: ChangeRecord | None = None) -> None:
+        """Write the service's record, with the step under way, if kept.
+
+        Nothing is written before adoption: until then the journal's record
+        holds what this controller does not know yet.
+
+        Raises:
+            StateError: The disk refused the write.
+        """
+        if self.journal is not None and self.adopted:
+            save_snapshot(self.journal, self, change)
+
+    def take_epoch(self, change: ChangeRecord) -> int:
+        """A new epoch, written to the journal before anyone is sent it.
+
+        Raises:
+            StateError: The disk refused the write; the epoch is not used.
+        """
+        self.epoch += 1
+        self.persist(
+            ChangeRecord(
+                step=change.step,
+                member=change.member,
+                role=change.role,
+                primary=change.primary,
+                epoch=self.epoch,
+            )
+        )
+
+        return self.epoch
 
     # -- supervision ---------------------------------------------------------
 

@@ -16,6 +16,7 @@ from rolecall.actors import (
     ActorSpawner,
     ChildCrashed,
     ContainerActor,
+    ContainerInfo,
     ContainerMessage,
     ContainerRuntime,
     ContainerSpec,
@@ -68,6 +69,9 @@ class Member:
     ref: ActorRef[ContainerMessage]
     # Named volumes holding its data; they outlive its container.
     volumes: tuple[str, ...] = ()
+    # The labels its container was created with; a container recreated
+    # after it vanished gets the same.
+    labels: dict[str, str] = field(factory=dict)
     # Container port -> port published on 127.0.0.1.
     host_ports: dict[int, int] = field(factory=dict)
     # Whether the container ran at the last observation.
@@ -176,9 +180,15 @@ class MemberSpawner:
         convention: HookConvention,
         member_id: str,
         number: int,
+        *,
+        origin: tuple[int, int, Role | None] | None = None,
     ) -> Member:
-        """Create and start a member's container and spawn its actor."""
-        labels = member_labels(spec.name, member_id, number, spec.labels)
+        """Create and start a member's container and spawn its actor.
+
+        ``origin`` (generation, epoch, role at creation) goes into its
+        labels; see ``_naming``.
+        """
+        labels = member_labels(spec.name, member_id, number, spec.labels, origin=origin)
         await self.runtime.create_network(
             network_name(spec.name), labels=service_labels(spec.name, spec.labels)
         )
@@ -187,7 +197,7 @@ class MemberSpawner:
             await self.runtime.create_volume(volume, labels=labels)
 
         info = await self.runtime.create_container(
-            self._container_spec(spec, plan, member_id, number)
+            self._container_spec(spec, plan, member_id, labels)
         )
         await self.runtime.start_container(info.id)
         info = await self.runtime.inspect_container(info.id)
@@ -208,6 +218,49 @@ class MemberSpawner:
             actor=actor,
             ref=ref,
             volumes=tuple(mounts),
+            labels=labels,
+            host_ports=dict(info.host_ports),
+        )
+
+    async def adopt(
+        self,
+        info: ContainerInfo,
+        plan: Plan,
+        convention: HookConvention,
+        *,
+        member_id: str,
+        number: int,
+        role: Role | None,
+        primary: str | None,
+        epoch: int,
+    ) -> Member:
+        """Take on a container an earlier control plane created.
+
+        Nothing runs in it: the actor starts at phase CREATED with the role
+        the journal kept; the caller asks ``status`` what holds now.
+        """
+        actor = ContainerActor(
+            runtime=self.runtime,
+            container_id=info.id,
+            member_id=member_id,
+            convention=convention,
+            role=role,
+            primary=primary,
+            epoch=epoch,
+            plan=plan,
+            on_dead_letter=self._dead_letters(member_id),
+        )
+        ref = await self._spawn(actor)
+
+        return Member(
+            id=member_id,
+            number=number,
+            name=info.name,
+            container_id=info.id,
+            actor=actor,
+            ref=ref,
+            volumes=tuple(volume_mounts(member_id, plan.data_paths)),
+            labels=dict(info.labels),
             host_ports=dict(info.host_ports),
         )
 
@@ -244,8 +297,11 @@ class MemberSpawner:
         member's data where it left it.
         """
         if member.missing:
+            labels = member.labels or member_labels(
+                spec.name, member.id, member.number, spec.labels
+            )
             info = await self.runtime.create_container(
-                self._container_spec(spec, plan, member.id, member.number)
+                self._container_spec(spec, plan, member.id, labels)
             )
             member.container_id = info.id
             member.actor.container_id = info.id
@@ -292,12 +348,12 @@ class MemberSpawner:
         return dead_letter
 
     def _container_spec(
-        self, spec: ServiceSpec, plan: Plan, member_id: str, number: int
+        self, spec: ServiceSpec, plan: Plan, member_id: str, labels: dict[str, str]
     ) -> ContainerSpec:
         return ContainerSpec(
             name=container_name(member_id),
             image=spec.image,
-            labels=member_labels(spec.name, member_id, number, spec.labels),
+            labels=labels,
             network=network_name(spec.name),
             network_aliases=(member_id,),
             volumes=volume_mounts(member_id, plan.data_paths),

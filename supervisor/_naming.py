@@ -2,7 +2,15 @@
 
 Names are deterministic, so a retried create finds the container, volume or
 network it made before instead of making a second one; labels let rolecall
-(and tests, and the demo) find exactly what it made.
+(and tests, and the demo) find exactly what it made, and let a restarted
+control plane adopt a service's containers.
+
+A member's container and volumes carry its service, member id and number,
+and three values from the moment they were created: the spec's generation,
+the service's highest epoch, and the role the member was created for.
+Engine labels cannot change after creation, so these say where a member
+came from, not what it is now: its live role and epoch come from its
+``status`` hook (and, for a container that is down, from the journal).
 """
 
 from __future__ import annotations
@@ -10,8 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rolecall.actors import LABEL_PREFIX
+from rolecall.hooks_protocol import Role
 
 __all__ = [
+    "LABEL_CREATED_EPOCH",
+    "LABEL_CREATED_ROLE",
+    "LABEL_GENERATION",
     "LABEL_MANAGED",
     "LABEL_MEMBER",
     "LABEL_NUMBER",
@@ -27,6 +39,9 @@ LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
 LABEL_SERVICE = f"{LABEL_PREFIX}.service"
 LABEL_MEMBER = f"{LABEL_PREFIX}.member"
 LABEL_NUMBER = f"{LABEL_PREFIX}.number"
+LABEL_GENERATION = f"{LABEL_PREFIX}.generation"
+LABEL_CREATED_EPOCH = f"{LABEL_PREFIX}.created-epoch"
+LABEL_CREATED_ROLE = f"{LABEL_PREFIX}.created-role"
 
 
 def container_name(member_id: str) -> str:
@@ -55,11 +70,32 @@ def service_labels(service: str, extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def member_labels(
-    service: str, member_id: str, number: int, extra: Mapping[str, str]
+    service: str,
+    member_id: str,
+    number: int,
+    extra: Mapping[str, str],
+    *,
+    origin: tuple[int, int, Role | None] | None = None,
 ) -> dict[str, str]:
-    """Labels a member's container and volumes carry."""
-    return {
+    """Labels a member's container and volumes carry.
+
+    Args:
+        service: The service.
+        member_id: The member.
+        number: Its ordinal.
+        extra: The spec's own labels.
+        origin: The spec's generation, the service's highest epoch and the
+            role the member is created for, at its creation.
+    """
+    labels = {
         **service_labels(service, extra),
         LABEL_MEMBER: member_id,
         LABEL_NUMBER: str(number),
     }
+    if origin is not None:
+        generation, epoch, role = origin
+        labels[LABEL_GENERATION] = str(generation)
+        labels[LABEL_CREATED_EPOCH] = str(epoch)
+        labels[LABEL_CREATED_ROLE] = role.value if role is not None else ""
+
+    return labels

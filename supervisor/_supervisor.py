@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import structlog
@@ -40,10 +41,13 @@ from rolecall.hooks_protocol import (
 )
 
 from ._controller import ServiceController
+from ._durable import load_records
+from ._journal import Journal
 from ._members import MemberSpawner
 from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE, network_name
 from ._reconciler import Step, plan_steps
 from ._records import ServiceEvent, ServiceStatus
+from ._service_record import ServiceRecord
 from ._spec import ServiceSpec, check_plan, validate_spec
 
 __all__ = ["Supervisor", "open_supervisor"]
@@ -75,18 +79,59 @@ class Supervisor:
     plans: dict[str, tuple[Plan, HookConvention]] = field(factory=dict)
     # Open timeline subscriptions; closed ones are dropped on the next emit.
     subscribers: list[MemoryObjectSendStream[ServiceEvent]] = field(factory=list)
+    # Where services' records are kept; None keeps nothing on disk.
+    journal: Journal | None = None
+    # Records read at open, by service, until the service is applied.
+    records: dict[str, ServiceRecord] = field(factory=dict)
+    # Called with every timeline event as it happens, before subscribers.
+    on_event: Callable[[ServiceEvent], None] | None = None
 
     # -- desired state -------------------------------------------------------
 
-    async def apply(self, spec: ServiceSpec) -> None:
+    async def apply(self, spec: ServiceSpec, *, resume: bool = False) -> None:
         """Make ``spec`` the desired state of its service.
 
         The spec is checked, and the image's ``plan`` probed, before any of
-        the service's containers is touched.
+        the service's containers is touched. A service new to this
+        supervisor first adopts the containers it already has on the engine
+        (see ``_adoption``).
+
+        Args:
+            spec: The desired state.
+            resume: For a service new to this supervisor: when the journal
+                holds a conversion made since a spec with this spec's
+                topology and replicas, keep the converted shape (the runner
+                does so at its start). Without it ``spec`` is taken as it is.
 
         Raises:
             SpecError: The spec is invalid or the image cannot serve it.
+            StateError: The journal could not record the change.
         """
+        validate_spec(spec)
+        controller = self.controllers.get(spec.name)
+        record = self.records.get(spec.name) if controller is None else None
+        source = (spec.topology, spec.replicas)
+        kept = (
+            record is not None
+            and (
+                record.source_topology,
+                record.source_replicas,
+            )
+            == source
+        )
+        if resume and record is not None and kept:
+            spec = evolve(spec, topology=record.topology, replicas=record.replicas)
+
+        await self._apply(spec, source=source, record=record)
+
+    async def _apply(
+        self,
+        spec: ServiceSpec,
+        *,
+        source: tuple[Topology, int] | None,
+        record: ServiceRecord | None = None,
+    ) -> None:
+        """Apply a checked spec; ``source`` None marks a conversion."""
         validate_spec(spec)
         plan, convention = await self.probe_plan(spec)
         check_plan(spec, plan)
@@ -100,7 +145,7 @@ class Supervisor:
                     " remove the service first",
                     service=spec.name,
                 )
-            controller.update(spec)
+            controller.update(spec, converting=source is None)
             return
 
         controller = ServiceController(
@@ -111,7 +156,12 @@ class Supervisor:
             spawner=MemberSpawner(self.runtime, self.actors),
             emit=self._emit,
             probe_interval=self.probe_interval,
+            journal=self.journal,
+            journaled=record,
         )
+        if source is not None:
+            controller.source = source
+        self.records.pop(spec.name, None)
         self.controllers[spec.name] = controller
         # A new service is a spec change like any other: its first pass
         # runs at once, not one probe interval later.
@@ -138,7 +188,10 @@ class Supervisor:
         if replicas is not None:
             changes["replicas"] = replicas
 
-        await self.apply(evolve(current, **changes))  # type: ignore[arg-type]
+        await self._apply(
+            evolve(current, **changes),  # type: ignore[arg-type]
+            source=None,
+        )
 
         return await self.wait_converged(service, timeout=timeout)
 
@@ -162,6 +215,8 @@ class Supervisor:
         controller = self._controller(service)
         del self.controllers[service]
         await controller.aclose(remove=True)
+        if self.journal is not None:
+            self.journal.delete(service)
         # A pass cut short may have made a container it had not recorded
         # yet; the labels find it, and any volume it left.
         labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
@@ -405,6 +460,9 @@ class Supervisor:
         return controller
 
     def _emit(self, event: ServiceEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
         for send in list(self.subscribers):
             try:
                 send.send_nowait(event)
@@ -428,30 +486,53 @@ async def open_supervisor(
     runtime: ContainerRuntime,
     *,
     probe_interval: float = 2.0,
+    state_dir: Path | None = None,
+    on_event: Callable[[ServiceEvent], None] | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run a supervisor for the duration of the ``async with`` block.
 
     Leaving the block stops the control plane, not the services: containers
     keep running. A hook running at that moment is cancelled (its process
     killed) rather than waited for; hooks are idempotent, so the next
-    supervisor runs it again.
+    supervisor runs it again. A service applied again later adopts its
+    containers (see ``_adoption``).
 
     Args:
         runtime: The engine to manage containers on.
         probe_interval: Seconds between health passes of each service.
+        state_dir: Where the journal lives (see ``_journal``); its records
+            are read, and its lock held, for the block. ``None`` keeps
+            nothing on disk: adoption then learns from labels and ``status``
+            alone.
+        on_event: Called with every timeline event the moment it happens,
+            in the task that caused it; it must not block.
+
+    Raises:
+        StateCorruptError: A journal record is damaged; the message says
+            which and what to do.
+        StateLockedError: Another control plane holds ``state_dir``.
     """
-    async with anyio.create_task_group() as group:
-        actors = ActorSpawner(group)
-        supervisor = Supervisor(
-            runtime=runtime,
-            task_group=group,
-            actors=actors,
-            probe_interval=probe_interval,
-        )
-        group.start_soon(supervisor.watch_engine, name="engine-events")
-        try:
-            yield supervisor
-        finally:
-            with anyio.CancelScope(shield=True):
-                await supervisor.aclose()
-            group.cancel_scope.cancel()
+    journal = Journal.open(state_dir) if state_dir is not None else None
+    try:
+        records = load_records(journal) if journal is not None else {}
+        async with anyio.create_task_group() as group:
+            actors = ActorSpawner(group)
+            supervisor = Supervisor(
+                runtime=runtime,
+                task_group=group,
+                actors=actors,
+                probe_interval=probe_interval,
+                journal=journal,
+                records=records,
+                on_event=on_event,
+            )
+            group.start_soon(supervisor.watch_engine, name="engine-events")
+            try:
+                yield supervisor
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await supervisor.aclose()
+                group.cancel_scope.cancel()
+    finally:
+        if journal is not None:
+            journal.close()

@@ -31,6 +31,7 @@ from rolecall.hooks_protocol import Role, RolecallError, SpecError, Topology
 
 from ._acting import Acting
 from ._members import Member
+from ._service_record import ChangeRecord
 
 __all__ = [
     "SWITCHOVER_BEHAVIOUR",
@@ -166,12 +167,12 @@ class Switching(Acting):
         *,
         handover: bool = False,
     ) -> None:
-        self.epoch += 1
+        epoch = self.take_epoch(ChangeRecord("switchover", member.id, role, primary))
         message = ApplyRoleMessage(
             view=self.view(),
             role=role,
             primary=primary,
-            epoch=self.epoch,
+            epoch=epoch,
             handover=handover,
         )
         started = time.monotonic()
@@ -181,6 +182,8 @@ class Switching(Acting):
                 f"the switchover's role request to {member.id!r} (epoch"
                 f" {message.epoch}) was superseded by a newer one"
             )
+
+        self.persist()
 
         follow = f" of {primary}" if primary else ""
         how = ", after handing writes over" if handover else ""

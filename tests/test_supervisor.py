@@ -367,8 +367,9 @@ class TestLifecycle:
     async def test_a_new_supervisor_takes_up_where_the_last_one_left(
         self,
     ) -> None:
-        """A supervisor opened on running members learns their epoch and
-        converges without a failed pass, on the same container and data."""
+        """A supervisor opened on running members adopts them: it learns their
+        role and epoch, changes no role, and converges on the same container
+        and data."""
         runtime = kv_runtime()
         with anyio.fail_after(LIMIT):
             async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
@@ -387,9 +388,12 @@ class TestLifecycle:
                 second = supervisor.status("cache")
 
         assert last.epoch == 4
-        assert "step_failed" not in [kind for kind, _ in event_kinds(timeline)]
+        assert event_kinds(timeline) == [
+            ("member_adopted", "cache-1"),
+            ("converged", "cache-1"),
+        ]
         member = second.member("cache-1")
-        assert (member.role, member.epoch) == (Role.STANDALONE, 5)
+        assert (member.role, member.epoch, second.epoch) == (Role.STANDALONE, 4, 4)
         assert member.container_id == last.member("cache-1").container_id
         assert keys_of(runtime, second, "cache-1") == expected_keys(range(5))
         assert len(await runtime.list_containers(labels={})) == 1

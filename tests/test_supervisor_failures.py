@@ -210,13 +210,6 @@ class TestFailures:
 class TestRestartedSupervisor:
     """A supervisor opened again finds the members a previous one left."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a new controller does not adopt the service's containers by"
-        " their labels: it numbers members from 1 again, makes a new empty"
-        " cache-1 primary and tells cache-2, which holds the data, to follow"
-        " it; adoption (and the journal behind it) is not built yet",
-    )
     async def test_a_new_supervisor_keeps_the_primary_chosen_by_a_failover(
         self,
     ) -> None:

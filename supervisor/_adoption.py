@@ -1,0 +1,245 @@
+"""Adoption: a controller takes on the containers an earlier one left.
+
+Before its first pass plans anything, a controller lists the service's
+containers by their labels and rebuilds one member and one container actor
+per container, without running ``plan``, ``configure``, ``start`` or
+``role`` in them:
+
+- a running container is asked ``status``: the role and epoch it reports
+  are the truth; whom a replica follows comes from the journal when the
+  journal's last role command to it is the one it reports (else the next
+  pass tells it again, which a replica takes as a repeat);
+- a container that is down cannot be asked: the journal says what it was.
+  Without a record of it, it counts as a writer, the safe reading: it is
+  never started beside another writer, and it is started in place when it
+  may hold the only copy of the data;
+- numbering continues after the highest number found, and the epoch after
+  the highest of the journal's and the members';
+- the step under way when the earlier control plane stopped is finished or
+  undone by the passes that follow, as any difference between desired and
+  observed state is; what adoption undoes itself is what no pass can see:
+  the volumes of a member whose creation or removal was cut short before
+  or after its container existed.
+
+Every adopted member gets a ``member_adopted`` event.
+"""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+
+from rolecall.actors import ContainerInfo, MemberPhase
+from rolecall.hooks_protocol import Role
+
+from ._members import Member
+from ._naming import (
+    LABEL_MANAGED,
+    LABEL_MEMBER,
+    LABEL_NUMBER,
+    LABEL_SERVICE,
+    volume_mounts,
+)
+from ._observing import is_running
+from ._service_record import MemberRecord, ServiceRecord
+from ._switchover import Switching
+
+__all__ = ["Adopting"]
+
+_log = structlog.get_logger("rolecall.supervisor")
+
+
+class Adopting(Switching):
+    """The adopting part of a `ServiceController`."""
+
+    __slots__ = ()
+
+    async def adopt(self) -> None:
+        """Take on the service's containers; see the module docs.
+
+        Raises:
+            RolecallError: The engine could not list them; nothing was
+                adopted and no step may be planned yet.
+        """
+        record = self.journaled
+        containers = await self.runtime.list_containers(
+            labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        )
+        adopted: list[Member] = []
+        for info in sorted(containers, key=_number):
+            member_id = info.labels.get(LABEL_MEMBER, "")
+            if _number(info) < 1 or not member_id.startswith(f"{self.spec.name}-"):
+                _log.warning(
+                    "container_not_adopted",
+                    service=self.spec.name,
+                    container=info.name,
+                    reason="its member or number label is missing or wrong",
+                )
+                continue
+
+            if member_id not in self.members:
+                adopted.append(await self._adopt(info, member_id, record))
+
+        if record is not None:
+            self.failover_paused |= record.failover_paused
+            self.epoch = max(self.epoch, record.epoch)
+            self.next_number = max(self.next_number, record.next_number)
+
+        for member in adopted:
+            self.next_number = max(self.next_number, member.number + 1)
+            self.epoch = max(self.epoch, member.actor.epoch)
+
+        await self._sweep_volumes(record)
+        self.journaled = None
+        self.adopted = True
+        self.persist()
+
+    async def _adopt(
+        self, info: ContainerInfo, member_id: str, record: ServiceRecord | None
+    ) -> Member:
+        kept = record.members.get(member_id) if record is not None else None
+        role, primary, epoch = _kept_role(kept, running=is_running(info))
+        member = await self.spawner.adopt(
+            info,
+            self.plan,
+            self.convention,
+            member_id=member_id,
+            number=_number(info),
+            role=role,
+            primary=primary,
+            epoch=epoch,
+        )
+        member.fenced = kept.fenced if kept is not None else False
+        member.last_answer = anyio.current_time()
+        self.members[member_id] = member
+        if is_running(info):
+            await self._learn(member, record)
+        else:
+            self.see(member, info)  # lost: reported, and a writer noted lost
+
+        actor = member.actor
+        shown = actor.role.value if actor.role is not None else "none"
+        self.event(
+            "member_adopted",
+            member_id,
+            f"adopted container {member.name} ({info.state.value}, role"
+            f" {shown}, epoch {actor.epoch})",
+            role=actor.role.value if actor.role is not None else None,
+            epoch=actor.epoch,
+            running=is_running(info),
+        )
+
+        return member
+
+    async def _learn(self, member: Member, record: ServiceRecord | None) -> None:
+        """Ask a running member what it is; keep the journal's word for the
+        rest."""
+        await self.probe(member)
+        actor = member.actor
+        report = actor.last_status
+        if report is None:
+            # No answer: it is prepared again (idempotent) before any role.
+            return
+
+        primary = _follows(member.id, report.role, report.epoch, record)
+        actor.role = report.role
+        actor.epoch = report.epoch
+        actor.primary = primary if report.role is Role.REPLICA else None
+        if report.role is not None:
+            actor.phase = MemberPhase.RUNNING
+
+    async def _sweep_volumes(self, record: ServiceRecord | None) -> None:
+        """Remove volumes a create or removal cut short left; keep the rest."""
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        owned = {
+            volume
+            for member in self.members.values()
+            for volume in volume_mounts(member.id, self.plan.data_paths)
+        }
+        stray = [
+            v for v in await self.runtime.list_volumes(labels=labels) if v not in owned
+        ]
+        if not stray:
+            return
+
+        undone = _unfinished(record)
+        removable = {
+            volume
+            for member_id in undone
+            for volume in volume_mounts(member_id, self.plan.data_paths)
+        }
+        left = []
+        for volume in stray:
+            if volume in removable:
+                await self.runtime.remove_volume(volume)
+                _log.info(
+                    "volume_removed",
+                    service=self.spec.name,
+                    volume=volume,
+                    reason="its member's creation or removal was cut short",
+                )
+            else:
+                left.append(volume)
+
+        if left:
+            _log.warning(
+                "volumes_left",
+                service=self.spec.name,
+                volumes=left,
+                reason="no container and no unfinished step of the journal"
+                " claims them; they may hold data, so rolecall leaves them",
+            )
+
+
+def _number(info: ContainerInfo) -> int:
+    text = info.labels.get(LABEL_NUMBER, "")
+    return int(text) if text.isdigit() else 0
+
+
+def _kept_role(
+    kept: MemberRecord | None, *, running: bool
+) -> tuple[Role | None, str | None, int]:
+    if kept is not None:
+        return kept.role, kept.primary, kept.epoch
+
+    # Unknown and down: taken for a writer (see the module docs). A running
+    # one says for itself.
+    return (None if running else Role.PRIMARY), None, 0
+
+
+def _follows(
+    member_id: str, role: Role | None, epoch: int, record: ServiceRecord | None
+) -> str | None:
+    """Whom the journal says a member follows under that role and epoch."""
+    if record is None or role is not Role.REPLICA:
+        return None
+
+    change = record.change
+    if (
+        change is not None
+        and change.step in ("role", "switchover")
+        and change.member == member_id
+        and (change.role, change.epoch) == (role, epoch)
+    ):
+        return change.primary
+
+    kept = record.members.get(member_id)
+    if kept is not None and (kept.role, kept.epoch) == (role, epoch):
+        return kept.primary
+
+    return None
+
+
+def _unfinished(record: ServiceRecord | None) -> set[str]:
+    """Members whose volumes no container claims and no data needs:
+    one being created or removed, or one never given a role."""
+    if record is None:
+        return set()
+
+    undone = {
+        member_id for member_id, member in record.members.items() if member.role is None
+    }
+    if record.change is not None and record.change.step in ("create", "remove"):
+        undone.add(record.change.member)
+
+    return undone
