@@ -26,6 +26,9 @@ from rolecall.hooks_protocol import (
     Role,
     RolecallError,
     SpecError,
+    StateCorruptError,
+    StateError,
+    StateLockedError,
     Topology,
     UnsupportedTopologyError,
 )
@@ -37,11 +40,12 @@ from rolecall.supervisor import (
     Supervisor,
 )
 
-from ._control_plane import open_control_plane
+from ._control_plane import DEFAULT_STATE_DIR, open_control_plane
 from ._images import ensure_image
 from ._version import __version__
 
 __all__ = [
+    "DEFAULT_STATE_DIR",
     "ActorError",
     "ContainerGoneError",
     "ConvergenceTimeoutError",
@@ -60,6 +64,9 @@ __all__ = [
     "ServiceSpec",
     "ServiceStatus",
     "SpecError",
+    "StateCorruptError",
+    "StateError",
+    "StateLockedError",
     "Supervisor",
     "Topology",
     "UnsupportedTopologyError",

@@ -7,8 +7,7 @@ root, so one ``except RolecallError`` still catches everything::
     ├── SpecError
     │   └── SpecFileError           a spec file that cannot be read or used
     ├── RunnerError                 the runner cannot start or go on
-    │   ├── StateDirLockedError     another runner holds the state directory
-    │   └── UnadoptedServiceError   a service's containers outlived a runner
+    │   └── StateDirLockedError     another runner holds the state directory
     └── ControlError                the control API refused or failed a request
         └── RunnerUnavailableError  no runner answers on the control socket
 """
@@ -25,7 +24,6 @@ __all__ = [
     "RunnerUnavailableError",
     "SpecFileError",
     "StateDirLockedError",
-    "UnadoptedServiceError",
 ]
 
 
@@ -66,25 +64,6 @@ class StateDirLockedError(RunnerError):
         super().__init__(message)
         self.state_dir = state_dir
         self.pid = pid
-
-
-class UnadoptedServiceError(RunnerError):
-    """Containers of a service in the spec exist already on the engine.
-
-    A runner that stopped left them running; this version cannot adopt
-    them yet, and starting the service afresh beside them could lose data.
-
-    Attributes:
-        service: The service.
-        containers: Names of the containers found.
-    """
-
-    def __init__(
-        self, message: str, *, service: str, containers: tuple[str, ...]
-    ) -> None:
-        super().__init__(message)
-        self.service = service
-        self.containers = containers
 
 
 class ControlError(RolecallError):

@@ -31,6 +31,7 @@ from rolecall.actors import ContainerRuntime, open_docker_runtime
 from rolecall.supervisor import open_supervisor
 
 from ._control_server import serve_control
+from ._crash_switch import crash_switch
 from ._logging import Redactor
 from ._runner import Runner
 from ._spec_file import SpecFile, load_spec_file
@@ -102,9 +103,13 @@ async def open_runner(
     """Run a runner, its control socket included, in the caller's loop.
 
     The services of ``spec_file`` are applied and the socket listens
-    (``state_dir/control.sock``, mode 0600) before the block starts.
-    Leaving the block stops the control plane and removes the socket; the
-    containers keep running. It takes no lock: `run_runner` does.
+    (``state_dir/control.sock``, mode 0600) before the block starts. The
+    journal in ``state_dir`` is read first: each service adopts the
+    containers it has on the engine, and a conversion made through the
+    control API since the file last changed that service's topology or
+    replicas is kept. Leaving the block stops the control plane and removes
+    the socket; the containers keep running. It takes the journal's lock,
+    not the runner's: `run_runner` takes that.
 
     Args:
         spec_file: The spec file, loaded.
@@ -117,11 +122,18 @@ async def open_runner(
             by default.
 
     Raises:
+        StateCorruptError: A journal record is damaged (the message says
+            what to do).
         RolecallError: A service of the spec cannot be started.
     """
     socket_path = state_dir / SOCKET_NAME
     async with (
-        open_supervisor(runtime, probe_interval=probe_interval) as supervisor,
+        open_supervisor(
+            runtime,
+            probe_interval=probe_interval,
+            state_dir=state_dir,
+            on_event=crash_switch(),
+        ) as supervisor,
         anyio.create_task_group() as group,
     ):
         runner = Runner(
@@ -134,7 +146,7 @@ async def open_runner(
             docker_url=docker_url,
         )
         group.start_soon(runner.record_events, name="runner-history")
-        await runner.load(spec_file)
+        await runner.load(spec_file, resume=True)
         listener = await anyio.create_unix_listener(socket_path, mode=0o600)
         group.start_soon(
             partial(serve_control, listener, runner, allowed_uid=allowed_uid),

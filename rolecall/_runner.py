@@ -24,8 +24,6 @@ from attrs import define, field
 from rolecall.actors import ContainerRuntime
 from rolecall.hooks_protocol import RolecallError, SpecError, Topology
 from rolecall.supervisor import (
-    LABEL_MANAGED,
-    LABEL_SERVICE,
     ServiceEvent,
     ServiceSpec,
     Supervisor,
@@ -33,7 +31,7 @@ from rolecall.supervisor import (
 )
 
 from ._control_protocol import CONTROL_PROTOCOL, plan_data, status_to_data
-from ._errors import ControlError, UnadoptedServiceError
+from ._errors import ControlError
 from ._logging import Redactor
 from ._spec_file import ServiceEntry, SpecFile, load_spec_file, resolve_specs
 from ._version import __version__
@@ -104,13 +102,20 @@ class Runner:
 
     # -- spec file -----------------------------------------------------------
 
-    async def load(self, spec_file: SpecFile) -> list[str]:
+    async def load(self, spec_file: SpecFile, *, resume: bool = False) -> list[str]:
         """Make the file's services the desired state.
 
         Services whose entry did not change since the last accepted file
         are left alone, so a conversion asked through the control API
         lasts until the entry itself changes. Services gone from the file
-        are released: no longer managed, left running.
+        are released: no longer managed, left running. A service new to
+        the runner adopts its containers on the engine.
+
+        Args:
+            spec_file: The file, loaded.
+            resume: At the runner's start: keep a conversion the journal
+                holds while the file asks for the same topology and
+                replicas as when it was made.
 
         Returns:
             The services applied.
@@ -132,7 +137,7 @@ class Runner:
             await self._check(specs[name])
 
         for name in sorted(changed):
-            await self.supervisor.apply(specs[name])
+            await self.supervisor.apply(specs[name], resume=resume)
 
         for name in sorted(set(self.entries) - set(spec_file.services)):
             if name in self.supervisor.controllers:
@@ -192,25 +197,6 @@ class Runner:
 
         plan, _ = await self.supervisor.probe_plan(spec)
         check_plan(spec, plan)
-        if not managed:
-            await self._refuse_leftovers(spec.name)
-
-    async def _refuse_leftovers(self, service: str) -> None:
-        found = await self.runtime.list_containers(
-            labels={LABEL_MANAGED: "true", LABEL_SERVICE: service}
-        )
-        if not found:
-            return
-
-        names = tuple(sorted(info.name for info in found))
-        raise UnadoptedServiceError(
-            f"service {service!r} already has containers on the engine"
-            f" ({', '.join(names)}), left by an earlier runner; this version"
-            " cannot adopt them yet: remove them with `rolecall down"
-            f" {service}` (no runner needed), or rename the service",
-            service=service,
-            containers=names,
-        )
 
     def _remember_secrets(self, spec_file: SpecFile) -> None:
         self.secrets |= spec_file.secrets()

@@ -109,7 +109,8 @@ class Adopting(Switching):
             primary=primary,
             epoch=epoch,
         )
-        member.fenced = kept.fenced if kept is not None else False
+        if kept is not None:
+            member.fenced, member.synced = kept.fenced, kept.synced
         member.last_answer = anyio.current_time()
         self.members[member_id] = member
         if is_running(info):

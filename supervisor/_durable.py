@@ -48,6 +48,7 @@ def snapshot(state: ControllerState, change: ChangeRecord | None) -> ServiceReco
                 primary=member.actor.primary,
                 epoch=member.actor.epoch,
                 fenced=member.fenced,
+                synced=member.synced,
             )
             for member in state.members.values()
         },

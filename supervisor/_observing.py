@@ -237,7 +237,18 @@ class Observing(ControllerState):
             return  # a role request cut it short; the next probe tells
 
         assert isinstance(report, MemberStatus)  # noqa: S101  (Probe's reply type)
+        synced = member.synced
         member.record_status(report)
+        if member.synced and not synced:
+            # Kept: once its primary is gone the replica cannot show it.
+            # A probe has no pass to fail; the next step's write retries.
+            try:
+                self.persist()
+            except RolecallError as error:
+                _log.warning(
+                    "journal_write_failed", service=self.spec.name, error=str(error)
+                )
+
         member.last_answer = anyio.current_time()
         member.silent_since = None
         # Members keep the highest epoch they accepted, across restarts of

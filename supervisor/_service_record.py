@@ -9,8 +9,10 @@ the engine or the members:
 - the highest epoch handed out, written before a role command carrying it
   is sent, so no epoch is ever used twice;
 - the ordinal of the next member, so ids are never reused;
-- per member, the last role applied (with whom a replica follows) and
-  whether it was fenced: a container that is down cannot be asked;
+- per member, the last role applied (with whom a replica follows),
+  whether it was fenced and whether it completed a sync: a container that
+  is down cannot be asked, and a replica whose primary is gone cannot show
+  that it synced;
 - the step under way, if any (`ChangeRecord`), so the next start finishes
   it or undoes it;
 - whether failover is paused.
@@ -51,6 +53,8 @@ class MemberRecord:
         primary: For a replica: whom it follows.
         epoch: The epoch of that role.
         fenced: Whether rolecall killed it to keep it from taking writes.
+        synced: Whether it completed a sync (it holds the service's data),
+            which a replica whose primary is gone can no longer show.
     """
 
     number: int
@@ -58,6 +62,7 @@ class MemberRecord:
     primary: str | None = None
     epoch: int = 0
     fenced: bool = False
+    synced: bool = False
 
 
 @frozen
@@ -116,6 +121,7 @@ def record_to_data(record: ServiceRecord) -> dict[str, Any]:
                 "primary": member.primary,
                 "epoch": member.epoch,
                 "fenced": member.fenced,
+                "synced": member.synced,
             }
             for member_id, member in record.members.items()
         },
@@ -141,6 +147,7 @@ def record_from_data(data: dict[str, Any]) -> ServiceRecord:
                 primary=member.get("primary"),
                 epoch=int(member.get("epoch", 0)),
                 fenced=bool(member.get("fenced", False)),
+                synced=bool(member.get("synced", False)),
             )
             for member_id, member in dict(data.get("members") or {}).items()
         }
