@@ -9,6 +9,7 @@ and ends it (SIGTERM, then SIGKILL) by its own pid when the test is done.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -102,9 +103,15 @@ class RunnerProcess:
 
 @asynccontextmanager
 async def open_runner_process(
-    spec: Path, state_dir: Path, *extra: str
+    spec: Path,
+    state_dir: Path,
+    *extra: str,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunnerProcess]:
-    """Start ``rolecall run SPEC`` and yield it once it logs runner_started."""
+    """Start ``rolecall run SPEC`` and yield it once it logs runner_started.
+
+    ``env`` adds variables to the runner's environment.
+    """
     command = [
         str(ROLECALL),
         "--log-level",
@@ -119,7 +126,10 @@ async def open_runner_process(
     ]
     async with (
         await anyio.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         ) as process,
         anyio.create_task_group() as group,
     ):

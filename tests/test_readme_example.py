@@ -30,14 +30,20 @@ def test_readme_shows_the_example_file_verbatim() -> None:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker_engine")
-def test_embedding_example_runs_against_the_real_engine() -> None:
-    """The example brings Redis up, converts it and removes it, exiting 0."""
+def test_embedding_example_runs_against_the_real_engine(tmp_path: Path) -> None:
+    """The example brings Redis up, converts it and removes it, exiting 0,
+    keeping its journal in the default folder under the state directory."""
+    environ = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "ROLECALL_STATE_DIR": str(tmp_path),
+    }
     done = subprocess.run(
         [sys.executable, str(EXAMPLE)],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=environ,
         check=False,
     )
 
@@ -45,3 +51,5 @@ def test_embedding_example_runs_against_the_real_engine() -> None:
     assert "standalone: sessions-1 at 127.0.0.1:" in done.stdout
     assert re.search(r"sessions-1: primary published at 127\.0\.0\.1:\d+", done.stdout)
     assert re.search(r"sessions-2: replica published at 127\.0\.0\.1:\d+", done.stdout)
+    # Removing the service forgot it; the journal's lock file stays.
+    assert [p.name for p in (tmp_path / "embedded" / "journal").iterdir()] == ["lock"]

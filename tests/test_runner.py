@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from supervisor_support import LIMIT
 from test_control_api import SPEC, running
 
-from rolecall._errors import StateDirLockedError, UnadoptedServiceError
+from rolecall._errors import StateDirLockedError
 from rolecall._logging import Redactor, configure_logging
 from rolecall._spec_file import load_spec_file
 from rolecall._state_dir import default_state_dir, hold_state_dir
@@ -122,18 +122,26 @@ class TestReload:
         assert rejected["kept"] == ["cache"]
         assert rejected["log_level"] == "error"
 
-    async def test_a_new_service_with_leftover_containers_is_refused(
+    async def test_a_service_left_running_is_adopted_when_it_comes_back(
         self, tmp_path: Path
     ) -> None:
-        """A service whose containers outlived a runner is refused, not doubled."""
+        """A service whose containers outlived its management is adopted,
+        not doubled: same container, same role, no new member."""
         async with running(tmp_path, TWO) as lab:
+            before = lab.runner.supervisor.status("queue")
             await lab.runner.supervisor.release("queue")
             lab.runner.entries.pop("queue")
-            with pytest.raises(UnadoptedServiceError) as caught:
-                await lab.runner.load(load_spec_file(lab.spec_path))
+            await lab.runner.load(load_spec_file(lab.spec_path))
+            after = await lab.runner.supervisor.wait_converged("queue", timeout=LIMIT)
+            containers = await lab.runtime.list_containers(
+                labels={"io.rolecall.service": "queue"}
+            )
 
-        assert caught.value.containers == ("rolecall-queue-1",)
-        assert "`rolecall down queue`" in str(caught.value)
+        assert [c.name for c in containers] == ["rolecall-queue-1"]
+        assert [(m.id, m.container_id, m.role) for m in after.members] == [
+            (m.id, m.container_id, m.role) for m in before.members
+        ]
+        assert after.epoch == before.epoch
 
 
 class TestSecrets:

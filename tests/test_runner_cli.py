@@ -261,10 +261,11 @@ class TestSignals:
         assert converted["topology"] == "redundant"
         assert [m["role"] for m in converted["members"]] == ["primary", "replica"]
 
-    async def test_sigterm_leaves_the_containers_running(
+    async def test_sigterm_leaves_the_containers_running_and_a_new_runner_adopts_them(
         self, tmp_path: Path, docker_case: DockerLab, redis_image: str
     ) -> None:
-        """SIGTERM ends the runner with 0; the service's containers run on."""
+        """SIGTERM ends the runner with 0; the service's containers run on, and
+        the next runner adopts them: nothing recreated, no role changed."""
         service = docker_case.service("term")
         spec = tmp_path / "spec.toml"
         spec.write_text(
@@ -274,25 +275,30 @@ class TestSignals:
         label = f"io.rolecall.service={service}"
         async with open_runner_process(spec, state) as runner:
             await _converged(runner, service, "standalone with 1 member(s)")
+            before = await _status(state)
             runner.signal(signal.SIGTERM)
             code = await runner.wait_exit()
             await runner.wait_for("runner_stopped")
         running = _docker_names(label)
-        restarted = await rolecall(
-            "run", str(spec), "--state-dir", str(state), timeout=LIMIT
-        )
+        socket_left = (state / "control.sock").exists()
+        async with open_runner_process(spec, state) as second:
+            await _converged(second, service, "standalone with 1 member(s)")
+            after = await _status(state)
+            events = [line["event"] for line in second.lines]
         down = await rolecall("down", service, "--yes", "--state-dir", str(state))
 
         assert code == 0
         assert running == [f"rolecall-{service}-1"]
-        assert not (state / "control.sock").exists()
-        assert restarted.returncode == 1
-        assert restarted.stderr.splitlines() == [
-            f"rolecall: service {service!r} already has containers on the engine"
-            f" (rolecall-{service}-1), left by an earlier runner; this version"
-            " cannot adopt them yet: remove them with `rolecall down"
-            f" {service}` (no runner needed), or rename the service"
-        ]
+        assert not socket_left
+        assert "member_adopted" in events
+        assert "member_created" not in events
+        assert "role_applied" not in events
+        member, adopted = before["members"][0], after["members"][0]
+        assert (adopted["container_id"], adopted["role"], adopted["epoch"]) == (
+            member["container_id"],
+            member["role"],
+            member["epoch"],
+        )
         assert down.returncode == 0, down.stderr
         assert down.stdout.splitlines()[0].startswith("no runner answers at")
         assert _docker_names(label, running_only=False) == []

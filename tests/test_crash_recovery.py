@@ -1,0 +1,187 @@
+"""``rolecall run`` killed with SIGKILL after each step of a change, then
+started again: it adopts what runs and finishes the change.
+
+Each case runs one runner with ``ROLECALL_CRASH_AFTER`` set, which kills it
+the moment it reports the chosen step (the n-th event of that kind since its
+start: the bring-up's events count too), then a second runner on the same
+spec file and state directory. Real engine, real Redis: keys are written
+before the change and read back after.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import docker_support
+import pytest
+import redis.asyncio as aioredis
+from docker_support import DockerLab
+from runner_support import LIMIT, open_runner_process, rolecall, spec_text
+
+pytestmark = [pytest.mark.docker, pytest.mark.anyio, pytest.mark.timeout(240)]
+
+docker_case = docker_support.docker_case
+redis_image = docker_support.redis_image
+
+KEYS = 200
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The runner's CLI and redis' asyncio client run on asyncio here."""
+    return "asyncio"
+
+
+# (change, crash point): the bring-up of a standalone service reports
+# member_created, member_prepared and role_applied once each; that of a
+# redundant one twice each (primary, then replica).
+CASES = [
+    ("to-redundant", "role_applied#2"),  # the standalone made primary
+    ("to-redundant", "member_created#2"),
+    ("to-redundant", "member_prepared#2"),
+    ("to-redundant", "role_applied#3"),  # the new replica following it
+    ("to-standalone", "role_applied#3"),  # the primary made standalone
+    ("to-standalone", "member_removed"),
+    ("failover", "member_fenced"),
+    ("failover", "failover"),  # the replica promoted
+    ("failover", "member_removed"),  # the fenced old primary
+    ("failover", "member_created#3"),  # its replacement
+    ("failover", "member_prepared#3"),
+    ("failover", "role_applied#4"),  # the replacement following
+]
+
+
+@pytest.mark.parametrize(("change", "crash_after"), CASES)
+async def test_a_runner_killed_after_a_step_finishes_the_change_on_restart(
+    tmp_path: Path,
+    docker_case: DockerLab,
+    redis_image: str,
+    change: str,
+    crash_after: str,
+) -> None:
+    """After SIGKILL at a step boundary and a restart: converged to the
+    desired shape, one writer, every confirmed key there, no container made
+    twice, nothing left behind."""
+    service = docker_case.service("crash")
+    first = "standalone" if change == "to-redundant" else "redundant"
+    wanted = "standalone" if change == "to-standalone" else "redundant"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        spec_text(service, redis_image, docker_case.labels, topology=first),
+        encoding="utf-8",
+    )
+    state = tmp_path / "state"
+    state_dir = ("--state-dir", str(state))
+    crash = {"ROLECALL_CRASH_AFTER": crash_after}
+    async with open_runner_process(spec, state, env=crash) as runner:
+        await runner.wait_for("converged", service=service)
+        before = await _status(state)
+        keys = await _write(before, confirmed=first == "redundant")
+        if change == "failover":
+            _docker("kill", f"rolecall-{service}-1")
+        else:
+            await rolecall("convert", service, wanted, *state_dir)
+        code = await runner.wait_exit()
+        crashed = await runner.wait_for("crash_switch")
+
+    async with open_runner_process(spec, state) as again:
+        size = 1 if wanted == "standalone" else 2
+        await again.wait_for(
+            "converged", service=service, detail=f"{wanted} with {size} member(s)"
+        )
+        after = await _status(state)
+        masters = [m["id"] for m in after["members"] if await _is_master(m)]
+        present = await _present(after, keys)
+        adopted = [line for line in again.lines if line["event"] == "member_adopted"]
+
+    members = [m["id"] for m in after["members"]]
+    writers = [m["id"] for m in after["members"] if m["role"] in _WRITERS]
+    assert code == -signal.SIGKILL
+    assert crashed["kind"] == crash_after.partition("#")[0]
+    assert adopted, "the restarted runner adopted nothing"
+    assert (after["topology"], after["converged"]) == (wanted, True)
+    assert writers == masters == [after["primary"]]
+    assert present == keys
+    containers = _names("ps", "-a", "--filter", f"label={_service_label(service)}")
+    assert containers == sorted(f"rolecall-{member}" for member in members)
+    case_label = docker_support.CASE_LABEL
+    case = f"{case_label}={docker_case.labels[case_label]}"
+    assert _names("ps", "-a", "--filter", f"label={case}") == containers
+    assert _names("volume", "ls", "--filter", f"label={case}") == sorted(
+        f"rolecall-{member}-data" for member in members
+    )
+
+
+_WRITERS = ("standalone", "primary")
+
+
+def _service_label(service: str) -> str:
+    return f"io.rolecall.service={service}"
+
+
+def _docker(*args: str) -> str:
+    done = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True, timeout=LIMIT
+    )
+    return done.stdout
+
+
+def _names(*args: str) -> list[str]:
+    """Names of the containers (``ps``) or volumes (``volume ls``) listed."""
+    field = "{{.Name}}" if args[0] == "volume" else "{{.Names}}"
+    return sorted(_docker(*args, "--format", field).split())
+
+
+async def _status(state: Path) -> dict[str, Any]:
+    shown = await rolecall("status", "--json", "--state-dir", str(state))
+    assert shown.returncode == 0, shown.stderr
+    (service,) = json.loads(shown.stdout)
+    return dict(service)
+
+
+def _client(member: dict[str, Any]) -> aioredis.Redis:
+    host, port = str(member["published"]).rsplit(":", 1)
+    return aioredis.Redis(
+        host=host, port=int(port), socket_timeout=5, decode_responses=True
+    )
+
+
+async def _write(status: dict[str, Any], *, confirmed: bool) -> set[str]:
+    """Write keys to the writer; on a redundant service, only once a
+    replica confirmed them (WAIT 1) do they count."""
+    writer = next(m for m in status["members"] if m["id"] == status["primary"])
+    client = _client(writer)
+    try:
+        keys = {f"key:{n}": str(n) for n in range(KEYS)}
+        await client.mset(keys)
+        if confirmed:
+            assert await client.wait(1, 5000) >= 1
+    finally:
+        await client.aclose()
+
+    return set(keys)
+
+
+async def _is_master(member: dict[str, Any]) -> bool:
+    client = _client(member)
+    try:
+        role = await client.execute_command("ROLE")
+    finally:
+        await client.aclose()
+
+    return bool(role[0] == "master")
+
+
+async def _present(status: dict[str, Any], keys: set[str]) -> set[str]:
+    writer = next(m for m in status["members"] if m["id"] == status["primary"])
+    client = _client(writer)
+    try:
+        values = await client.mget(sorted(keys))
+    finally:
+        await client.aclose()
+
+    return {k for k, v in zip(sorted(keys), values, strict=True) if v is not None}
