@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 
 from rolecall.actors import open_docker_runtime
-from rolecall.hooks_protocol import SpecError
+from rolecall.hooks_protocol import SpecError, StateError
+from rolecall.supervisor import JOURNAL_DIR, Journal
 
 from ._cli_render import (
     event_line,
@@ -170,6 +171,7 @@ async def _down_without_runner(args: argparse.Namespace) -> int:
     started = time.monotonic()
     async with open_docker_runtime(args.docker_url) as runtime:
         removed = await remove_service(runtime, args.service)
+    _forget_journaled(default_state_dir(args.state_dir), args.service)
     if not removed:
         raise SpecError(
             f"the engine holds no container of a service named"
@@ -181,6 +183,24 @@ async def _down_without_runner(args: argparse.Namespace) -> int:
     _say(summary_line("down", result, time.monotonic() - started))
 
     return EXIT_OK
+
+
+def _forget_journaled(state_dir: Path, service: str) -> None:
+    """Drop a removed service's journal record, so that a later runner
+    starts it afresh rather than resuming a conversion of the old one."""
+    if not (state_dir / JOURNAL_DIR / service).is_dir():
+        return
+
+    try:
+        journal = Journal.open(state_dir)
+    except StateError as error:
+        _say(f"the journal record of {service} stays: {error}")
+        return
+
+    try:
+        journal.delete(service)
+    finally:
+        journal.close()
 
 
 async def _events(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ import structlog
 
 from rolecall.supervisor import ServiceEvent
 
+from ._errors import RunnerError
+
 __all__ = ["CRASH_AFTER_ENV", "crash_switch"]
 
 CRASH_AFTER_ENV = "ROLECALL_CRASH_AFTER"
@@ -34,7 +36,7 @@ def crash_switch(
     """The event observer that kills this process, if the switch is set.
 
     Raises:
-        ValueError: The variable is set but is not ``kind`` or ``kind#n``.
+        RunnerError: The variable is set but is not ``kind`` or ``kind#n``.
     """
     setting = environ.get(CRASH_AFTER_ENV, "").strip()
     if not setting:
@@ -42,7 +44,7 @@ def crash_switch(
 
     kind, _, count = setting.partition("#")
     if not kind or (count and not count.isdigit()) or count == "0":
-        raise ValueError(
+        raise RunnerError(
             f"{CRASH_AFTER_ENV}={setting!r}: use an event kind, optionally"
             " with #N for its N-th occurrence (role_applied#2)"
         )

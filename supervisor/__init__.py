@@ -8,6 +8,7 @@ it so and keeps it so.
 from __future__ import annotations
 
 from ._dead_letters import DeadLetter
+from ._journal import JOURNAL_DIR, Journal
 from ._member_hooks import DATA_HOOKS, run_member_hook
 from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
 from ._reconciler import (
@@ -30,6 +31,7 @@ from ._switchover import SwitchoverSupersededError
 
 __all__ = [
     "DATA_HOOKS",
+    "JOURNAL_DIR",
     "LABEL_MANAGED",
     "LABEL_MEMBER",
     "LABEL_NUMBER",
@@ -38,6 +40,7 @@ __all__ = [
     "CreateMember",
     "DeadLetter",
     "FenceMember",
+    "Journal",
     "MemberView",
     "ObservedMember",
     "PrepareMember",

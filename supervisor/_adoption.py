@@ -30,7 +30,7 @@ import anyio
 import structlog
 
 from rolecall.actors import ContainerInfo, MemberPhase
-from rolecall.hooks_protocol import Role
+from rolecall.hooks_protocol import Role, SpecError
 
 from ._members import Member
 from ._naming import (
@@ -58,6 +58,7 @@ class Adopting(Switching):
         """Take on the service's containers; see the module docs.
 
         Raises:
+            SpecError: They run another image than the spec names.
             RolecallError: The engine could not list them; nothing was
                 adopted and no step may be planned yet.
         """
@@ -65,6 +66,17 @@ class Adopting(Switching):
         containers = await self.runtime.list_containers(
             labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
         )
+        others = sorted({c.image for c in containers} - {self.spec.image})
+        if others:
+            raise SpecError(
+                f"service {self.spec.name!r} has containers of image"
+                f" {', '.join(others)} on the engine and its spec names"
+                f" {self.spec.image!r}: changing the image of a running service"
+                " is not supported: put the image back in the spec, or take"
+                f" the service down first (`rolecall down {self.spec.name}`)",
+                service=self.spec.name,
+            )
+
         adopted: list[Member] = []
         for info in sorted(containers, key=_number):
             member_id = info.labels.get(LABEL_MEMBER, "")

@@ -104,7 +104,9 @@ class ServiceEvent:
     Attributes:
         time: Wall-clock time, seconds since the epoch.
         service: The service concerned.
-        kind: Stable event name: ``member_created``, ``member_prepared``,
+        kind: Stable event name: ``member_adopted`` (a container an
+            earlier control plane left, taken on), ``member_created``,
+            ``member_prepared``,
             ``role_applied``, ``member_lost`` (its ``cause`` field says
             ``exited``, ``killed``, ``oom`` or ``vanished``),
             ``member_unresponsive``, ``member_fenced``, ``member_restarted``,

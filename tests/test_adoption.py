@@ -36,6 +36,7 @@ from rolecall.supervisor._service_record import (
     record_from_data,
     record_to_data,
 )
+from rolecall.testing import fake_kv_image
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -245,7 +246,31 @@ class TestDown:
 
 
 class TestRefusals:
-    """A damaged journal or a second control plane stops the open."""
+    """A damaged journal, a second control plane, or another image stops."""
+
+    async def test_containers_of_another_image_are_not_adopted(self) -> None:
+        """A spec naming another image than the containers run fails its
+        passes with a message that says what to do, and changes nothing."""
+        runtime = kv_runtime(other=fake_kv_image())
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                await supervisor.apply(service_spec())
+                await supervisor.wait_converged("cache")
+
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec(image="other:fake"))
+                failed = (await until(events, "step_failed"))[-1]
+
+            containers, _, _ = await service_objects(runtime)
+
+        assert failed.detail.startswith(
+            "service 'cache' has containers of image kv:fake on the engine and"
+            " its spec names 'other:fake': changing the image"
+        )
+        assert containers == ["rolecall-cache-1"]
 
     async def test_a_damaged_journal_stops_the_open(self, tmp_path: Path) -> None:
         """Opening on a damaged record fails, naming the file."""

@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 from supervisor_support import LIMIT
 from test_control_api import SPEC, running
 
-from rolecall._errors import StateDirLockedError
+from rolecall._crash_switch import crash_switch
+from rolecall._errors import RunnerError, StateDirLockedError
 from rolecall._logging import Redactor, configure_logging
 from rolecall._spec_file import load_spec_file
 from rolecall._state_dir import default_state_dir, hold_state_dir
@@ -217,3 +218,19 @@ class TestStateDir:
         assert from_env == tmp_path / "env"
         assert as_user == tmp_path / "xdg" / "rolecall"
         assert as_root == Path("/var/lib/rolecall")
+
+
+class TestCrashSwitch:
+    """The test aid that kills the runner after a chosen step."""
+
+    def test_unset_it_does_nothing(self) -> None:
+        """Without the variable there is no observer at all."""
+        assert crash_switch({}) is None
+
+    @pytest.mark.parametrize("setting", ["#2", "role_applied#x", "role_applied#0"])
+    def test_a_bad_setting_is_refused(self, setting: str) -> None:
+        """A setting that is not ``kind`` or ``kind#n`` is refused, naming it."""
+        with pytest.raises(RunnerError) as refused:
+            crash_switch({"ROLECALL_CRASH_AFTER": setting})
+
+        assert str(refused.value).startswith(f"ROLECALL_CRASH_AFTER={setting!r}:")

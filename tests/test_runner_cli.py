@@ -302,6 +302,7 @@ class TestSignals:
         assert down.returncode == 0, down.stderr
         assert down.stdout.splitlines()[0].startswith("no runner answers at")
         assert _docker_names(label, running_only=False) == []
+        assert not (state / "journal" / service).exists()
 
     async def test_a_second_runner_on_the_state_dir_is_refused(
         self, tmp_path: Path, docker_case: DockerLab
