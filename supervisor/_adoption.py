@@ -162,7 +162,14 @@ class Adopting(Switching):
             actor.phase = MemberPhase.RUNNING
 
     async def _sweep_volumes(self, record: ServiceRecord | None) -> None:
-        """Remove volumes a create or removal cut short left; keep the rest."""
+        """Remove volumes a create or removal cut short left; keep the rest.
+
+        Without a record there is nothing to go by, and nothing is listed:
+        a service's first start (most of them) costs one listing, not two.
+        """
+        if record is None:
+            return
+
         labels = {LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
         owned = {
             volume
@@ -243,12 +250,9 @@ def _follows(
     return None
 
 
-def _unfinished(record: ServiceRecord | None) -> set[str]:
+def _unfinished(record: ServiceRecord) -> set[str]:
     """Members whose volumes no container claims and no data needs:
     one being created or removed, or one never given a role."""
-    if record is None:
-        return set()
-
     undone = {
         member_id for member_id, member in record.members.items() if member.role is None
     }
