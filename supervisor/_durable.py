@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
+from attrs import evolve
+
 from rolecall.hooks_protocol import StateCorruptError
 
 from ._journal import Journal
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from ._controller_state import ControllerState
 
 __all__ = ["load_records", "save_snapshot", "snapshot"]
+
+_log = structlog.get_logger("rolecall.supervisor")
 
 
 def snapshot(state: ControllerState, change: ChangeRecord | None) -> ServiceRecord:
@@ -81,7 +86,7 @@ def load_records(journal: Journal) -> dict[str, ServiceRecord]:
             continue
 
         try:
-            records[service] = record_from_data(data)
+            record = record_from_data(data)
         except ValueError as error:
             folder = journal.root / service
             raise StateCorruptError(
@@ -93,5 +98,19 @@ def load_records(journal: Journal) -> dict[str, ServiceRecord]:
                 path=str(folder),
                 previous=None,
             ) from None
+
+        lost = journal.set_aside(service)
+        if lost:
+            # An older generation: its epoch may be short by one per
+            # generation set aside, and an epoch must never be used twice.
+            record = evolve(record, epoch=record.epoch + lost)
+            _log.warning(
+                "journal_generation_set_aside",
+                service=service,
+                generations=lost,
+                epoch=record.epoch,
+            )
+
+        records[service] = record
 
     return records

@@ -16,7 +16,13 @@ good state on disk.
 A file is a header (magic, body length, CRC-32 of the body) and a msgpack
 body. A file that is truncated, fails its checksum or does not decode is
 never read past nor overwritten: `Journal.load` raises `StateCorruptError`
-naming it, the previous generation, and what to do.
+naming it, the previous generation, and what to do: move it aside with a
+suffix. The record then comes from the previous generation, whose epoch
+may be short of what was sent since; `Journal.set_aside` counts the
+generations moved aside, and the reader raises the epoch by as many (one
+generation holds at most one new epoch), so none is reused. A damaged file
+deleted instead of moved is not counted: the members' ``status`` then is
+the only guard.
 
 Writes are synchronous and fsync before they return: the control plane
 runs in its caller's event loop without threads, so a write holds the loop
@@ -48,6 +54,7 @@ JOURNAL_DIR = "journal"
 _MAGIC = b"RCJ1"
 _HEADER = struct.Struct(">4sII")  # magic, body length, CRC-32 of the body
 _GENERATION = re.compile(r"(\d{12})\.rec")
+_SET_ASIDE = re.compile(r"(\d{12})\.rec\..+")  # a generation moved aside
 _KEEP = 2  # generations kept: the newest and the one before it
 
 
@@ -113,6 +120,27 @@ class Journal:
             for path in self.root.iterdir()
             if path.is_dir() and any(_generations(path))
         )
+
+    def set_aside(self, service: str) -> int:
+        """How many generations newer than the newest readable one were
+        moved aside (``<gen>.rec.damaged``, as a damage message says).
+
+        Each generation raises the epoch by one at most beyond what members
+        report, so a record read from an older generation is that many
+        epochs short at most.
+        """
+        folder = self.root / service
+        if not folder.is_dir():
+            return 0
+
+        newest = max((gen for gen, _ in _generations(folder)), default=0)
+        moved = [
+            int(match.group(1))
+            for path in folder.iterdir()
+            if (match := _SET_ASIDE.fullmatch(path.name)) is not None
+        ]
+
+        return max([gen - newest for gen in moved if gen > newest], default=0)
 
     def load(self, service: str) -> dict[str, Any] | None:
         """The newest record of a service; ``None`` when it has none.

@@ -374,6 +374,10 @@ class Supervisor:
     async def _run_plan_probe(
         self, spec: ServiceSpec, image_id: str, convention: HookConvention
     ) -> Plan:
+        # Known gap: a control plane killed while this container exists
+        # leaves it behind (label managed=plan-probe). Adoption does not
+        # sweep such containers: another control plane's probe of the same
+        # image carries the same labels and may be running right now.
         digest = hashlib.sha256(image_id.encode()).hexdigest()[:12]
         probe = ContainerSpec(
             name=f"rolecall-plan-{digest}-{random.randrange(1 << 30):x}",

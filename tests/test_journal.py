@@ -202,6 +202,18 @@ class TestDamage:
 
         assert Journal(journal.root).load("cache") == _record(1)
 
+    def test_an_older_generation_comes_back_with_its_epoch_raised(
+        self, journal: Journal
+    ) -> None:
+        """Read from the generation before one set aside, the record's epoch
+        is raised by one per generation set aside: never used twice."""
+        newest = self._damaged(journal, b"\x00")
+        newest.rename(f"{newest}.damaged")
+
+        records = load_records(Journal(journal.root))
+
+        assert records["cache"].epoch == 2
+
     def test_without_a_previous_generation_the_way_out_is_said(
         self, journal: Journal
     ) -> None:
