@@ -19,6 +19,7 @@ from typing import Any
 import docker_support
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from docker_support import DockerLab
 from runner_support import LIMIT, open_runner_process, rolecall, spec_text
 
@@ -88,6 +89,10 @@ async def test_a_runner_killed_after_a_step_finishes_the_change_on_restart(
         code = await runner.wait_exit()
         crashed = await runner.wait_for("crash_switch")
 
+    # While no control plane runs, at most one member takes writes: a member
+    # created but never given a role is a read-only replica of nothing.
+    down_masters = [name for name in await _running(service) if await _master(name)]
+
     async with open_runner_process(spec, state) as again:
         size = 1 if wanted == "standalone" else 2
         await again.wait_for(
@@ -103,6 +108,7 @@ async def test_a_runner_killed_after_a_step_finishes_the_change_on_restart(
     assert code == -signal.SIGKILL
     assert crashed["kind"] == crash_after.partition("#")[0]
     assert adopted, "the restarted runner adopted nothing"
+    assert len(down_masters) <= 1, down_masters
     assert (after["topology"], after["converged"]) == (wanted, True)
     assert writers == masters == [after["primary"]]
     assert present == keys
@@ -174,6 +180,21 @@ async def _is_master(member: dict[str, Any]) -> bool:
         await client.aclose()
 
     return bool(role[0] == "master")
+
+
+async def _running(service: str) -> list[str]:
+    label = f"label={_service_label(service)}"
+    return _names("ps", "--filter", label, "--filter", "label=io.rolecall.member")
+
+
+async def _master(container: str) -> bool:
+    """Whether the Redis in ``container`` answers ROLE with master; one
+    that does not answer (not started yet) takes no writes."""
+    published = _docker("port", container, "6379/tcp").split()[0]
+    try:
+        return await _is_master({"published": published})
+    except redis.exceptions.ConnectionError:
+        return False  # nothing serves there yet: it takes no writes
 
 
 async def _present(status: dict[str, Any], keys: set[str]) -> set[str]:
