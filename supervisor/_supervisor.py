@@ -41,7 +41,7 @@ from rolecall.hooks_protocol import (
 )
 
 from ._controller import ServiceController
-from ._durable import load_records
+from ._durable import load_records, snapshot
 from ._journal import Journal
 from ._members import MemberSpawner
 from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE, network_name
@@ -233,7 +233,9 @@ class Supervisor:
         """Stop managing a service and leave it running.
 
         Its actors stop; its containers, volumes and network stay as they
-        are, as when the whole control plane stops.
+        are, as when the whole control plane stops. What the journal would
+        hold of it is kept, so applying it again adopts its containers as a
+        restarted control plane would.
 
         Raises:
             SpecError: No such service.
@@ -241,6 +243,11 @@ class Supervisor:
         controller = self._controller(service)
         del self.controllers[service]
         await controller.aclose(remove=False)
+        if controller.adopted:
+            self.records[service] = snapshot(controller, None)
+        elif controller.journaled is not None:
+            self.records[service] = controller.journaled
+
         _log.info("service_released", service=service)
 
     # -- failover control ----------------------------------------------------

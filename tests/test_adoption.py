@@ -197,6 +197,37 @@ class TestResume:
         assert not [path for path in files if SECRET.encode() in path.read_bytes()]
 
 
+class TestRelease:
+    """A released service applied again resumes from what was known."""
+
+    async def test_a_released_replica_keeps_whom_it_follows(self) -> None:
+        """Applied again after a release, without a state directory, the
+        service adopts its members and sends no role: the released record
+        says whom the replica follows."""
+        runtime = kv_runtime()
+        spec = service_spec(topology="redundant")
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                await supervisor.release("cache")
+                await supervisor.apply(spec)
+                timeline = await until(events, "converged")
+                after = supervisor.status("cache")
+
+        assert event_kinds(timeline) == [
+            ("member_adopted", "cache-1"),
+            ("member_adopted", "cache-2"),
+            ("converged", "cache-1"),
+        ]
+        assert [(m.id, m.role, m.epoch, m.following) for m in after.members] == [
+            (m.id, m.role, m.epoch, m.following) for m in before.members
+        ]
+
+
 class TestDown:
     """A container that is down cannot be asked: the journal tells."""
 
