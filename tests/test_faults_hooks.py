@@ -302,8 +302,9 @@ async def test_zombies_left_by_a_status_hook_are_reaped_and_latency_stays_flat(
 ) -> None:
     """Case 13: a status hook that leaves a zombie on every run, probed every
     100 ms for 60 s, leaves no zombie behind (the container's init reaps
-    them), and the median run of the last 10 s takes at most twice the
-    median of the first 10 s."""
+    them), and the median run of the last 10 s takes at most four times the
+    median of the first 10 s: zombies piling up would grow it without
+    bound, while a busy machine moves it by a small factor either way."""
     fault = {"*": {"status": {"zombie": True}}}
     spec = fault_spec(docker_case, fault_image, "zombie", config={"fault": fault})
     member = f"{spec.name}-1"
@@ -338,4 +339,4 @@ async def test_zombies_left_by_a_status_hook_are_reaped_and_latency_stays_flat(
     assert init == "docker-init\n"
     assert len(first) >= 20
     assert len(last) >= 20
-    assert statistics.median(last) <= 2 * statistics.median(first)
+    assert statistics.median(last) <= 4 * statistics.median(first)
