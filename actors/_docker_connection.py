@@ -81,6 +81,18 @@ class _DockerConnection:
 
         return str(raw.get("Version", "unknown"))
 
+    async def memory_total(self) -> int | None:
+        """The engine host's memory in bytes (``MemTotal`` of its info).
+
+        Raises:
+            EngineUnavailableError: No engine answers at `address`.
+        """
+        with self._translated(what="report its memory"):
+            raw = await self._client().system.info()
+
+        total = raw.get("MemTotal")
+        return total if isinstance(total, int) and total > 0 else None
+
     # -- errors -------------------------------------------------------------
 
     def _unavailable(self, reason: object) -> EngineUnavailableError:

@@ -80,6 +80,9 @@ class _FakeEngine:
 
     name: str = "engine"
     clock: Callable[[], float] = time.time
+    # What `memory_total` reports, in bytes; None for an engine that does
+    # not say.
+    memory: int | None = 8 << 30
     # Reference -> image; filled only by add_image.
     _images: dict[str, FakeImage] = field(factory=dict, init=False)
     # Id -> container; a removed container leaves, never to return.
@@ -283,6 +286,11 @@ class _FakeEngine:
         ]
 
     # -- the ContainerRuntime protocol: images, volumes, networks -----------
+
+    async def memory_total(self) -> int | None:
+        """The ``memory`` this fake engine was given (8 GiB by default)."""
+        await anyio.lowlevel.checkpoint()
+        return self.memory
 
     async def inspect_image(self, image: str) -> ImageInfo:
         """Describe a registered image.

@@ -84,6 +84,8 @@ class FakeRuntime(_FakeEngine):
         name: Names the fake engine in `address` and in messages.
         clock: Gives engine time for events, in seconds since the epoch;
             pass ``ManualClock.now`` to control it.
+        memory: The engine's memory in bytes, as `memory_total` reports it
+            (8 GiB by default; ``None`` for an engine that does not say).
     """
 
     # Queued failures, oldest first; each is used by one exec.

@@ -227,6 +227,11 @@ class ContainerRuntime(Protocol):
         """
         ...
 
+    async def memory_total(self) -> int | None:
+        """The engine's memory in bytes, as a bound for memory limits;
+        ``None`` when the engine does not say."""
+        ...
+
     async def inspect_image(self, image: str) -> ImageInfo:
         """Describe an image.
 

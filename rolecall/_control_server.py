@@ -182,7 +182,8 @@ class ControlServer:
         try:
             keep = await self._dispatch(op, args, stream, ended)
         except ControlError as error:
-            await _send_error(stream, error.code, str(error))
+            message = self.runner.redactor.mask(str(error))
+            await _send_error(stream, error.code, message)
             keep = True
         except RequestError as error:
             # An argument the operation itself found out of range: a bad
@@ -330,7 +331,8 @@ class ControlServer:
             return False
 
         if operation.error is not None:
-            await _send_error(stream, _code(operation.error), str(operation.error))
+            message = self.runner.redactor.mask(str(operation.error))
+            await _send_error(stream, _code(operation.error), message)
             return True
 
         elapsed = time.monotonic() - operation.started
@@ -352,6 +354,11 @@ class ControlServer:
             raise RequestError(
                 f"backlog must be 0 to {HISTORY}, got {backlog!r}", code="bad_request"
             )
+
+        # A service taken down is not managed any more, but its recorded
+        # events are still worth showing.
+        if service is not None and not self.runner.events_after(0, service=service):
+            self.runner.check_service(service)
 
         async with self.runner.supervisor.open_timeline() as live:
             recorded = list(self.runner.history)

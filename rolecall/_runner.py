@@ -22,12 +22,11 @@ from anyio.abc import TaskGroup
 from attrs import define, field
 
 from rolecall.actors import ContainerRuntime
-from rolecall.hooks_protocol import RolecallError, SpecError, Topology
+from rolecall.hooks_protocol import RolecallError, Topology
 from rolecall.supervisor import (
     ServiceEvent,
     ServiceSpec,
     Supervisor,
-    check_plan,
 )
 
 from ._control_protocol import CONTROL_PROTOCOL, plan_data, status_to_data
@@ -185,18 +184,7 @@ class Runner:
             return True
 
     async def _check(self, spec: ServiceSpec) -> None:
-        managed = spec.name in self.supervisor.controllers
-        if managed and self.supervisor.status(spec.name).image != spec.image:
-            raise SpecError(
-                f"service {spec.name!r} runs image"
-                f" {self.supervisor.status(spec.name).image!r}; changing the"
-                " image of a running service is not supported: take it down"
-                f" first (`rolecall down {spec.name}`)",
-                service=spec.name,
-            )
-
-        plan, _ = await self.supervisor.probe_plan(spec)
-        check_plan(spec, plan)
+        await self.supervisor.check(spec)
 
     def _remember_secrets(self, spec_file: SpecFile) -> None:
         self.secrets |= spec_file.secrets()

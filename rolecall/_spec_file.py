@@ -129,7 +129,23 @@ def load_spec_file(path: Path) -> SpecFile:
     if not isinstance(services, dict):
         raise _schema(path, "services", "a table of [services.NAME] tables")
 
-    entries = {name: _entry(path, name, table) for name, table in services.items()}
+    if not services:
+        raise SpecFileError(
+            f"{path}: the file names no service: add a [services.NAME] table"
+            " (examples/cache.toml shows one)",
+            path=path,
+            key="services",
+        )
+
+    try:
+        entries = {name: _entry(path, name, table) for name, table in services.items()}
+    except SpecFileError as error:
+        # A value quoted back (a label, a size) may be a secret of another
+        # key: mask every secret value the file holds, wherever it shows.
+        masked = _masked(str(error), _raw_secrets(services))
+        raise SpecFileError(
+            masked, path=path, key=error.key, service=error.service
+        ) from None
 
     return SpecFile(path=path, services=entries)
 
@@ -163,6 +179,37 @@ async def resolve_specs(
         specs[name] = validate_spec(evolve(entry.spec, image=tag))
 
     return specs
+
+
+# -- secrets ------------------------------------------------------------------
+
+
+def _raw_secrets(services: Mapping[str, Any]) -> set[str]:
+    """The values of env keys marked secret, read from unchecked tables."""
+    found: set[str] = set()
+    for table in services.values():
+        if not isinstance(table, dict):
+            continue
+
+        env, keys = table.get("env"), table.get("secret")
+        if not isinstance(env, dict) or not isinstance(keys, list):
+            continue
+
+        found.update(
+            value
+            for key in keys
+            if isinstance(key, str) and isinstance(value := env.get(key), str)
+        )
+
+    return {value for value in found if value}
+
+
+def _masked(text: str, secrets: set[str]) -> str:
+    # Longest first, so that a secret holding another is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+
+    return text
 
 
 # -- one service --------------------------------------------------------------

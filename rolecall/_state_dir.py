@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def hold_state_dir(state_dir: Path) -> Iterator[Path]:
     path = state_dir / LOCK_NAME
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(state_dir)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
         raise RunnerError(
@@ -87,6 +89,30 @@ def hold_state_dir(state_dir: Path) -> Iterator[Path]:
         # Closing the descriptor releases the lock; the file stays, so a
         # runner waiting on it never locks a file that was just unlinked.
         os.close(fd)
+
+
+def _make_private(state_dir: Path) -> None:
+    """Make the directory 0700, also when it existed with wider modes.
+
+    Raises:
+        RunnerError: It belongs to another user, or is not a directory.
+    """
+    info = state_dir.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunnerError(
+            f"the state directory {str(state_dir)!r} is not a directory:"
+            " pick another with --state-dir"
+        )
+
+    if info.st_uid != os.geteuid():
+        raise RunnerError(
+            f"the state directory {str(state_dir)!r} belongs to user"
+            f" {info.st_uid}, not to this one ({os.geteuid()}): pick one of"
+            " your own with --state-dir"
+        )
+
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(state_dir, 0o700)
 
 
 def _pid_in(fd: int) -> int | None:

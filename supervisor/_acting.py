@@ -167,7 +167,6 @@ class Acting(Observing):
     async def _create(self, member_id: str, role: Role | None) -> None:
         started = time.monotonic()
         number = self.next_number
-        self.next_number += 1
         # Written first: a start after a crash here removes what the create
         # left half made (see ``_adoption``).
         self.persist(ChangeRecord("create", member_id))
@@ -180,6 +179,9 @@ class Acting(Observing):
                 number,
                 origin=(self.generation, self.epoch, role),
             )
+        # Taken only once the member exists: a create the engine refused is
+        # retried under the same number (its name finds what it left).
+        self.next_number = number + 1
         self.members[member_id] = member
         member.last_answer = anyio.current_time()
         self.persist()

@@ -57,10 +57,11 @@ def is_running(info: ContainerInfo | None) -> bool:
 
 
 def loss_cause(info: ContainerInfo | None) -> str:
-    """Why a container is down: ``vanished``, ``oom``, ``exited`` (code 0),
-    ``killed`` (by a signal) or ``crashed`` (any other code)."""
-    if info is None:
-        return "vanished"
+    """Why a container is down: ``removed`` (gone from the engine, or being
+    removed), ``oom``, ``exited`` (code 0), ``killed`` (by a signal) or
+    ``crashed`` (any other code)."""
+    if info is None or info.state is ContainerState.REMOVING:
+        return "removed"
 
     if info.oom_killed:
         return "oom"
@@ -142,7 +143,9 @@ class Observing(ControllerState):
         self.event(
             "member_lost",
             member.id,
-            f"container stopped (exit code {exit_code}, {cause})",
+            "container removed from the engine (not by rolecall)"
+            if cause == "removed"
+            else f"container stopped (exit code {exit_code}, {cause})",
             exit_code=exit_code,
             oom_killed=oom,
             cause=cause,

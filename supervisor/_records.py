@@ -108,7 +108,8 @@ class ServiceEvent:
             earlier control plane left, taken on), ``member_created``,
             ``member_prepared``,
             ``role_applied``, ``member_lost`` (its ``cause`` field says
-            ``exited``, ``killed``, ``oom`` or ``vanished``),
+            ``exited``, ``killed``, ``crashed``, ``oom`` or
+            ``removed``),
             ``member_unresponsive``, ``member_fenced``, ``member_restarted``,
             ``member_held`` (left down by its restart kind),
             ``restart_delayed``, ``actor_replaced``, ``member_removed``,

@@ -6,13 +6,15 @@ against the image's plan before any container is touched (`check_plan`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attrs import field, frozen
 
+from rolecall.actors import LABEL_PREFIX
 from rolecall.hooks_protocol import (
     HookName,
     Plan,
@@ -24,7 +26,14 @@ from rolecall.hooks_protocol import (
 
 from ._supervision import Supervision, validate_supervision
 
-__all__ = ["ServiceSpec", "check_plan", "roles_needed", "validate_spec"]
+__all__ = [
+    "ServiceSpec",
+    "check_change",
+    "check_memory",
+    "check_plan",
+    "roles_needed",
+    "validate_spec",
+]
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]+)*")
 _MAX_REPLICAS = 16
@@ -122,8 +131,38 @@ def validate_spec(spec: ServiceSpec) -> ServiceSpec:
         The same spec, for chaining.
 
     Raises:
-        SpecError: A field holds a value rolecall cannot act on.
+        SpecError: A field holds a value rolecall cannot act on; a secret
+            value the message would quote shows as ``***``.
     """
+    with _secrets_masked(spec):
+        _validate(spec)
+
+    return spec
+
+
+@contextlib.contextmanager
+def _secrets_masked(spec: ServiceSpec) -> Iterator[None]:
+    """Re-raise a `SpecError` with the spec's secret values masked.
+
+    A message quotes the value at fault; that value may equal a secret
+    given under another key (a label, a config value).
+    """
+    try:
+        yield
+    except SpecError as error:
+        text = masked = str(error)
+        secrets = {spec.env.get(key) or "" for key in spec.secret_keys}
+        for secret in sorted(secrets, key=len, reverse=True):
+            if secret:
+                masked = masked.replace(secret, "***")
+
+        if masked == text:
+            raise
+
+        raise SpecError(masked, service=error.service) from None
+
+
+def _validate(spec: ServiceSpec) -> None:
     if not _NAME.fullmatch(spec.name):
         raise SpecError(
             f"service name {spec.name!r} is not usable: use lower case letters,"
@@ -160,6 +199,13 @@ def validate_spec(spec: ServiceSpec) -> ServiceSpec:
             )
 
     validate_supervision(spec.supervision, service=spec.name)
+    reserved = sorted(key for key in spec.labels if _reserved_label(key))
+    if reserved:
+        raise SpecError(
+            f"service {spec.name!r} sets label {reserved[0]!r}: labels under"
+            f" {LABEL_PREFIX}. are rolecall's own; rename it",
+            service=spec.name,
+        )
 
     unknown_secrets = spec.secret_keys - spec.env.keys()
     if unknown_secrets:
@@ -169,7 +215,63 @@ def validate_spec(spec: ServiceSpec) -> ServiceSpec:
             service=spec.name,
         )
 
-    return spec
+
+def _reserved_label(key: str) -> bool:
+    return key == LABEL_PREFIX or key.startswith(f"{LABEL_PREFIX}.")
+
+
+# Fields fixed in a member's container when it is created: a running
+# service cannot take a change of them.
+_FIXED_FIELDS = ("image", "memory_limit", "labels")
+
+
+def check_change(running: ServiceSpec, wanted: ServiceSpec) -> None:
+    """Refuse a change that the running containers of a service cannot take.
+
+    ``config``, ``env``, the topology and the rest reach running members
+    through their hooks; the image (and so the ports and data paths of its
+    plan), the memory limit and the labels are fixed when a container is
+    created.
+
+    Raises:
+        SpecError: ``wanted`` changes one of those fields.
+    """
+    for name in _FIXED_FIELDS:
+        old, new = getattr(running, name), getattr(wanted, name)
+        if old == new:
+            continue
+
+        shown = name.replace("_", " ")
+        with _secrets_masked(running), _secrets_masked(wanted):
+            raise SpecError(
+                f"service {running.name!r} runs with {shown} {old!r}; changing the"
+                f" {shown} of a running service is not supported (its containers"
+                f" keep what they were created with, not {new!r}): put the old"
+                f" value back, or take the service down first (`rolecall down"
+                f" {running.name}`) and start it again",
+                service=running.name,
+            )
+
+
+def check_memory(spec: ServiceSpec, total: int | None) -> None:
+    """Refuse a memory limit above what the engine has.
+
+    Args:
+        spec: The spec to check.
+        total: The engine's memory in bytes; ``None`` when unknown.
+
+    Raises:
+        SpecError: The limit is larger than ``total``.
+    """
+    limit = spec.memory_limit
+    if limit is None or total is None or limit <= total:
+        return
+
+    raise SpecError(
+        f"service {spec.name!r} has memory_limit {limit!r} bytes, more than"
+        f" the engine's {total!r} bytes of memory: lower it (or leave it out)",
+        service=spec.name,
+    )
 
 
 def roles_needed(topology: Topology) -> frozenset[Role]:

@@ -48,7 +48,13 @@ from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE, network_name
 from ._reconciler import Step, plan_steps
 from ._records import ServiceEvent, ServiceStatus
 from ._service_record import ServiceRecord
-from ._spec import ServiceSpec, check_plan, validate_spec
+from ._spec import (
+    ServiceSpec,
+    check_change,
+    check_memory,
+    check_plan,
+    validate_spec,
+)
 
 __all__ = ["Supervisor", "open_supervisor"]
 
@@ -104,7 +110,8 @@ class Supervisor:
                 does so at its start). Without it ``spec`` is taken as it is.
 
         Raises:
-            SpecError: The spec is invalid or the image cannot serve it.
+            SpecError: The spec is invalid, the image cannot serve it, or
+                the running service cannot take the change (see `check`).
             StateError: The journal could not record the change.
         """
         validate_spec(spec)
@@ -132,19 +139,10 @@ class Supervisor:
         record: ServiceRecord | None = None,
     ) -> None:
         """Apply a checked spec; ``source`` None marks a conversion."""
-        validate_spec(spec)
+        await self.check(spec)
         plan, convention = await self.probe_plan(spec)
-        check_plan(spec, plan)
-
         controller = self.controllers.get(spec.name)
         if controller is not None:
-            if controller.spec.image != spec.image:
-                raise SpecError(
-                    f"service {spec.name!r} runs image {controller.spec.image!r};"
-                    " changing the image of a running service is not supported:"
-                    " remove the service first",
-                    service=spec.name,
-                )
             controller.update(spec, converting=source is None)
             return
 
@@ -168,6 +166,26 @@ class Supervisor:
         controller.wake()
         self.task_group.start_soon(controller.run, name=f"service:{spec.name}")
         _log.info("service_applied", service=spec.name, topology=spec.topology)
+
+    async def check(self, spec: ServiceSpec) -> None:
+        """Check ``spec`` as `apply` would, without applying it.
+
+        Its shape, the image's plan, the engine's memory, and, for a
+        service that runs already, that the change is one its running
+        containers can take (see `check_change`).
+
+        Raises:
+            SpecError: The spec is invalid, the image cannot serve it, or
+                the running service cannot take the change.
+        """
+        validate_spec(spec)
+        controller = self.controllers.get(spec.name)
+        if controller is not None:
+            check_change(controller.spec, spec)
+
+        plan, _ = await self.probe_plan(spec)
+        check_plan(spec, plan)
+        check_memory(spec, await self.runtime.memory_total())
 
     async def convert(
         self,

@@ -72,11 +72,6 @@ def test_the_committed_example_loads() -> None:
     assert entry.spec.secret_keys == frozenset({"REDIS_PASSWORD"})
 
 
-def test_an_empty_file_has_no_services(tmp_path: Path) -> None:
-    """A file with no [services] table is valid and names no service."""
-    assert load_spec_file(_write(tmp_path, "")).services == {}
-
-
 @pytest.mark.parametrize(
     ("text", "key", "words"),
     [
