@@ -107,6 +107,10 @@ class ContainerActor(Actor[ContainerMessage]):
     plan: Plan | None = None
     # The last status report; None until the first probe.
     last_status: MemberStatus | None = None
+    # The view `configure` last succeeded with since the container last
+    # started; None before. The supervisor compares its config, env and
+    # members with the service's now to tell when to configure again.
+    configured_with: ServiceView | None = None
     on_dead_letter: Callable[[object, str], None] | None = None
     # The newest role request not yet taken up; a _TakeRole is queued
     # exactly while this is set.
@@ -180,7 +184,10 @@ class ContainerActor(Actor[ContainerMessage]):
                 self.phase = MemberPhase.STOPPED
                 return None
             case RunHook(view=view, hook=hook, request=request):
-                return await self._run(view, hook, request)
+                result = await self._run(view, hook, request)
+                if hook is HookName.CONFIGURE:
+                    self.configured_with = view
+                return result
 
         self._dead_letter(message, "not a message a container actor takes")
         return None
@@ -188,6 +195,7 @@ class ContainerActor(Actor[ContainerMessage]):
     def container_restarted(self) -> None:
         """Forget what the hooks did: the container's processes are new."""
         self.phase = MemberPhase.CREATED
+        self.configured_with = None
 
     def _dead_letter(self, message: object, reason: str) -> None:
         _log.warning(
@@ -220,6 +228,7 @@ class ContainerActor(Actor[ContainerMessage]):
         self.plan = plan
         self.phase = MemberPhase.PLANNED
         await self._run_fully(view, HookName.CONFIGURE)
+        self.configured_with = view
         self.phase = MemberPhase.CONFIGURED
         await self._run_fully(view, HookName.START)
         self.phase = MemberPhase.RUNNING

@@ -191,7 +191,9 @@ def fake_kv_image() -> dict[str, FakeHook]:
 
     - ``plan``: roles standalone, primary and replica; topologies standalone
       and redundant; port `KV_PORT`; data path `KV_DATA_PATH`.
-    - ``configure`` keeps the payload's config; ``start`` and ``stop`` have
+    - ``configure`` keeps the payload's config and ``env.PASSWORD``, the
+      password it asks of replicas and gives its primary, as Redis's
+      ``requirepass`` and ``masterauth``; ``start`` and ``stop`` have
       nothing to do (the fake serves while its container runs).
     - ``role`` takes ``request.role``, ``request.epoch`` and, for a replica,
       ``request.primary`` (a member id from ``members``, or an address). It
@@ -204,8 +206,9 @@ def fake_kv_image() -> dict[str, FakeHook]:
 
     Replication is pulled: a replica copies its primary's data whenever its
     ``role`` or ``status`` hook runs, so writes made since then are not on
-    it yet, as on a lagging replica. A replica whose primary does not run
-    reports ``link_up: false`` and keeps the data it has.
+    it yet, as on a lagging replica. A replica whose primary does not run,
+    or whose password differs from its primary's, reports ``link_up:
+    false`` and keeps the data it has.
 
     Returns:
         Hook name -> handler, for `FakeRuntime.add_image`.
@@ -271,6 +274,7 @@ def _kv_disk(runtime: FakeRuntime, container: FakeContainer) -> dict[str, Any]:
     disk.setdefault("primary", None)
     disk.setdefault("epoch", 0)
     disk.setdefault("link_up", None)
+    disk.setdefault("password", None)
 
     return disk
 
@@ -288,6 +292,7 @@ def _kv_plan(call: FakeHookCall) -> dict[str, Any]:
 def _kv_configure(call: FakeHookCall) -> dict[str, Any]:
     disk = _kv_disk(call.runtime, call.container)
     disk["config"] = dict(call.payload.get("config") or {})
+    disk["password"] = (call.payload.get("env") or {}).get("PASSWORD")
 
     return {}
 
@@ -392,6 +397,10 @@ def _kv_pull(call: FakeHookCall, disk: dict[str, Any]) -> None:
         return
 
     source_disk = _kv_disk(call.runtime, source)
+    if source_disk["password"] != disk["password"]:
+        disk["link_up"] = False  # the primary refuses to authenticate it
+        return
+
     disk["keys"] = dict(source_disk["keys"])
     disk["offset"] = source_disk["offset"]
     disk["link_up"] = True

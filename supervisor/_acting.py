@@ -266,6 +266,8 @@ class Acting(Observing):
             return False
 
         self.persist()
+        member.link_down_since = None  # the next status tells it afresh
+
         if member.is_writer and self.writer_lost_at is not None:
             self._writer_found(member_id)
 

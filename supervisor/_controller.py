@@ -34,6 +34,7 @@ from rolecall.hooks_protocol import (
 )
 
 from ._adoption import Adopting
+from ._configuring import Configuring
 from ._dead_letters import CrashWatch
 from ._members import Member
 from ._observing import is_running
@@ -48,7 +49,7 @@ _log = structlog.get_logger("rolecall.supervisor")
 
 
 @define(eq=False)
-class ServiceController(Adopting):
+class ServiceController(Adopting, Configuring):
     """Drives one service toward its spec and supervises its members.
 
     Args:
@@ -300,12 +301,16 @@ class ServiceController(Adopting):
                 next_number=self.next_number,
                 promote=not self.failover_paused,
             )
+            if not await self.reconfigure(steps):
+                return
+
             if not steps:
                 self._report_withheld()
                 self._settled(generation)
                 return
 
             self.acted_since_converged = True
+            self.degraded_reported = False  # what follows the steps is news
             self.converged_generation = -1
             done = await self.act(steps)
             self._report_withheld()
@@ -412,17 +417,21 @@ class ServiceController(Adopting):
             for m in self.members.values()
             if not (m.alive and m.ready) or m.unresponsive
         ]
-        if down or self.writer() is None:
+        unlinked = [
+            m.id for m in self.members.values() if m.link_down_since is not None
+        ]
+        if down or unlinked or self.writer() is None:
             self.converged_generation = -1
+            # A link that comes back needs no step: say so when it does.
+            self.acted_since_converged |= bool(unlinked)
             if not self.degraded_reported:
                 self.degraded_reported = True
                 self.event(
                     "degraded",
                     None,
-                    f"nothing to do, but members are down ({', '.join(down)})"
-                    if down
-                    else "nothing to do, but no member takes writes",
+                    _degraded_detail(down, unlinked),
                     down=down,
+                    link_down=unlinked,
                 )
             return
 
@@ -486,3 +495,17 @@ class ServiceController(Adopting):
             error_type=type(error).__name__,
         )
         self.note_restart(f"a pass that raised {type(error).__name__}", now)
+
+
+def _degraded_detail(down: list[str], unlinked: list[str]) -> str:
+    if down:
+        return f"nothing to do, but members are down ({', '.join(down)})"
+
+    if unlinked:
+        return (
+            "nothing to do, but replicas have lost their link to the primary"
+            f" ({', '.join(unlinked)}); they are told their role again after"
+            " unresponsive_after"
+        )
+
+    return "nothing to do, but no member takes writes"

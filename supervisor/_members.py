@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import anyio
 from attrs import define, field
 
 from rolecall.actors import (
@@ -106,6 +107,10 @@ class Member:
     silent_since: float | None = None
     # Whether it stopped answering past the deadline; cleared by a restart.
     unresponsive: bool = False
+    # Clock time (anyio's) since which its `status` has reported it a
+    # replica whose link to the primary is down; None while the link is up
+    # (or not reported), for any other role, and after a role was applied.
+    link_down_since: float | None = None
     # Whether rolecall itself is stopping, killing or starting its
     # container, so that the engine's events about it are expected.
     changing: bool = False
@@ -129,9 +134,18 @@ class Member:
         Only a replica's report turns it on: a writer needs no flag (see
         `observed`), and a member that calls itself standalone before it
         was given any role holds none of the service's data.
+
+        A replica whose link to its primary is down is not healthy, however
+        well it answers: it serves ever older data.
         """
-        self.healthy = report.healthy
+        link_down = report.role is Role.REPLICA and report.link_up is False
+        self.healthy = report.healthy and not link_down
         self.offset = report.replication_offset
+        if not link_down:
+            self.link_down_since = None
+        elif self.link_down_since is None:
+            self.link_down_since = anyio.current_time()
+
         if report.role is not Role.REPLICA:
             return
 
@@ -153,7 +167,13 @@ class Member:
             fenced=self.fenced,
             exit_code=self.exit_code,
             oom_killed=self.oom_killed,
+            link_down_for=self.link_down_for(),
         )
+
+    def link_down_for(self) -> float:
+        """Seconds its link to the primary has been reported down; 0 while up."""
+        since = self.link_down_since
+        return 0.0 if since is None else anyio.current_time() - since
 
 
 @define(eq=False)

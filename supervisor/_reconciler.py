@@ -20,7 +20,8 @@ The rules, in the order they are applied:
    holds the only copy of the data.
 4. Replicas follow the writer; missing replicas are created, dead replicas
    are restarted in place (their volume shortens the resync), superseded
-   writers and surplus members are removed.
+   writers and surplus members are removed. A replica whose link to the
+   writer has been down for ``unresponsive_after`` is told its role again.
 5. Restarts obey the service's `Supervision`: a member whose restart kind
    forbids it (``temporary``, or ``transient`` after a clean exit) stays
    down; a restart under ``one_for_all`` restarts every other member too,
@@ -78,6 +79,9 @@ class ObservedMember:
         recycle: Whether its running container is to be restarted because
             another member was (the ``one_for_all`` and ``rest_for_one``
             strategies); set by the planner, not by observation.
+        link_down_for: Seconds its ``status`` has reported its link to the
+            primary down; 0 while up. Past the service's
+            ``unresponsive_after`` the replica is told its role again.
     """
 
     id: str
@@ -92,6 +96,7 @@ class ObservedMember:
     exit_code: int | None = None
     oom_killed: bool = False
     recycle: bool = False
+    link_down_for: float = 0.0
 
     @property
     def is_writer(self) -> bool:
@@ -298,7 +303,7 @@ class _Planner:
             if not self._revive(member):
                 continue  # down, and its restart kind keeps it down
 
-            if _needs_role(member, Role.REPLICA, writer):
+            if _needs_role(member, Role.REPLICA, writer) or self._link_lost(member):
                 self.steps.append(ApplyRole(member.id, Role.REPLICA, writer))
 
         for _ in range(self.spec.replicas - followers):
@@ -355,6 +360,11 @@ class _Planner:
     def _superseded(self, member: ObservedMember) -> bool:
         """A writer that lost its place keeps no role worth reviving."""
         return member.is_writer
+
+    def _link_lost(self, member: ObservedMember) -> bool:
+        """A replica whose link stayed down too long is told its role again."""
+        limit = self.spec.supervision.unresponsive_after
+        return member.alive and member.ready and member.link_down_for >= limit
 
     def _fence(self, lost: list[ObservedMember]) -> None:
         for member in lost:

@@ -14,7 +14,6 @@ from typing import Any
 
 from attrs import field, frozen
 
-from rolecall.actors import LABEL_PREFIX
 from rolecall.hooks_protocol import (
     HookName,
     Plan,
@@ -24,6 +23,7 @@ from rolecall.hooks_protocol import (
     UnsupportedTopologyError,
 )
 
+from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
 from ._supervision import Supervision, validate_supervision
 
 __all__ = [
@@ -34,6 +34,9 @@ __all__ = [
     "roles_needed",
     "validate_spec",
 ]
+
+# Labels rolecall puts on what it creates; a spec's own would be overwritten.
+_RESERVED_LABELS = frozenset({LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE})
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]+)*")
 _MAX_REPLICAS = 16
@@ -199,11 +202,11 @@ def _validate(spec: ServiceSpec) -> None:
             )
 
     validate_supervision(spec.supervision, service=spec.name)
-    reserved = sorted(key for key in spec.labels if _reserved_label(key))
+    reserved = sorted(spec.labels.keys() & _RESERVED_LABELS)
     if reserved:
         raise SpecError(
-            f"service {spec.name!r} sets label {reserved[0]!r}: labels under"
-            f" {LABEL_PREFIX}. are rolecall's own; rename it",
+            f"service {spec.name!r} sets label {reserved[0]!r}, which rolecall"
+            f" sets itself ({', '.join(sorted(_RESERVED_LABELS))}): rename it",
             service=spec.name,
         )
 
@@ -214,10 +217,6 @@ def _validate(spec: ServiceSpec) -> None:
             " but its env has no such keys",
             service=spec.name,
         )
-
-
-def _reserved_label(key: str) -> bool:
-    return key == LABEL_PREFIX or key.startswith(f"{LABEL_PREFIX}.")
 
 
 # Fields fixed in a member's container when it is created: a running

@@ -161,6 +161,7 @@ class TestOperations:
             "member_created",
             "member_prepared",
             "role_applied",
+            "member_configured",
             "converged",
         ]
         assert kind == "result"
@@ -232,6 +233,7 @@ class TestOperations:
             "member_created",
             "member_prepared",
             "role_applied",
+            "member_configured",
             "converged",
         ]
 

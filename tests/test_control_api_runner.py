@@ -3,14 +3,17 @@ answered with an error, and the runner answers the next client as before."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
 
 import anyio
+import docker_support
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
-from runner_support import LIMIT, open_runner_process, rolecall
+from docker_support import DockerLab
+from runner_support import LIMIT, open_runner_process, rolecall, spec_text
 
 from rolecall._control_protocol import read_frame
 
@@ -27,6 +30,11 @@ BAD_INPUT = [
 ]
 
 
+# Fixtures shared through docker_support; pytest finds them by these names.
+docker_case = docker_support.docker_case
+redis_image = docker_support.redis_image
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """The runner's tests run on asyncio, like the Docker runtime."""
@@ -34,25 +42,28 @@ def anyio_backend() -> str:
 
 
 async def test_bad_input_is_answered_and_the_runner_stays_healthy(
-    tmp_path: Path,
+    tmp_path: Path, docker_case: DockerLab, redis_image: str
 ) -> None:
     """Garbage, a truncated frame, a 100 MB prefix and a bomb: errors, no crash."""
-    spec = tmp_path / "empty.toml"
-    spec.write_text("", encoding="utf-8")
+    service = docker_case.service("bad")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        spec_text(service, redis_image, docker_case.labels), encoding="utf-8"
+    )
     state = tmp_path / "state"
     replies = {}
     async with open_runner_process(spec, state) as runner:
         for param in BAD_INPUT:
             data, code = param.values
             replies[param.id] = (await _exchange(state / "control.sock", data), code)
-        status = await rolecall("status", "--state-dir", str(state))
+        status = await rolecall("status", "--json", "--state-dir", str(state))
         alive = runner.process.returncode is None
         refused = [line for line in runner.lines if line["event"].endswith("refused")]
 
     for name, (frames, code) in replies.items():
         assert [(f["ok"], f["error"]["code"]) for f in frames] == [(False, code)], name
     assert status.returncode == 0
-    assert status.stdout.splitlines()[-1] == "no services"
+    assert [s["name"] for s in json.loads(status.stdout)] == [service]
     assert alive
     assert [line["code"] for line in refused] == [
         "frame_too_large",

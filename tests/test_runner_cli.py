@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import docker_support
 import pytest
+import redis.asyncio as aioredis
 from docker_support import DockerLab
 from runner_support import (
     LIMIT,
@@ -28,6 +29,7 @@ docker_case = docker_support.docker_case
 redis_image = docker_support.redis_image
 
 SECRET = "pw-7c1e5d-never-logged"  # noqa: S105  (a test value, to look for)
+NEW_SECRET = "pw-92be0a-also-never-logged"  # noqa: S105  (the reloaded one)
 
 
 @pytest.fixture
@@ -130,6 +132,7 @@ class TestRunner:
             "member_created",
             "member_prepared",
             "role_applied",
+            "member_configured",
             "converged",
         ]
         assert follower_exit == 0
@@ -261,6 +264,59 @@ class TestSignals:
         assert converted["topology"] == "redundant"
         assert [m["role"] for m in converted["members"]] == ["primary", "replica"]
 
+    async def test_sighup_with_a_new_password_reaches_every_member(
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
+    ) -> None:
+        """A reloaded password is configured on the replica, then the
+        primary; a replica re-created afterwards authenticates, the service
+        converges, and writes replicate."""
+        service = docker_case.service("pw")
+        spec = tmp_path / "spec.toml"
+        old = spec_text(
+            service,
+            redis_image,
+            docker_case.labels,
+            topology="redundant",
+            secret=SECRET,
+        )
+        spec.write_text(old, encoding="utf-8")
+        state = tmp_path / "state"
+        async with open_runner_process(spec, state) as runner:
+            await _converged(runner, service, "redundant with 2 member(s)")
+            spec.write_text(old.replace(SECRET, NEW_SECRET), encoding="utf-8")
+            mark = len(runner.lines)
+            runner.signal(signal.SIGHUP)
+            await runner.wait_for("spec_reloaded", after=mark)
+            await _converged_after(runner, service, mark)
+            configured = [
+                line["member"]
+                for line in runner.lines[mark:]
+                if line["event"] == "member_configured"
+            ]
+            mark = len(runner.lines)
+            with anyio.fail_after(LIMIT):
+                await anyio.run_process(["docker", "rm", "-f", f"rolecall-{service}-2"])
+            lost = await runner.wait_for("member_lost", after=mark)
+            await _converged_after(runner, service, mark)
+            status = await _status(state)
+            members = {m["id"]: m for m in status["members"]}
+            replicated = await _write_and_read(
+                members[f"{service}-1"]["published"],
+                members[f"{service}-2"]["published"],
+            )
+            text = "".join(runner.text)
+
+        assert configured == [f"{service}-2", f"{service}-1"]
+        assert (lost["member"], lost["cause"]) == (f"{service}-2", "removed")
+        assert status["converged"] is True
+        assert [(m["role"], m["healthy"]) for m in status["members"]] == [
+            ("primary", True),
+            ("replica", True),
+        ]
+        assert replicated == ("1", "v")
+        assert SECRET not in text
+        assert NEW_SECRET not in text
+
     async def test_sigterm_leaves_the_containers_running_and_a_new_runner_adopts_them(
         self, tmp_path: Path, docker_case: DockerLab, redis_image: str
     ) -> None:
@@ -305,11 +361,14 @@ class TestSignals:
         assert not (state / "journal" / service).exists()
 
     async def test_a_second_runner_on_the_state_dir_is_refused(
-        self, tmp_path: Path, docker_case: DockerLab
+        self, tmp_path: Path, docker_case: DockerLab, redis_image: str
     ) -> None:
         """A second runner on the same state directory exits 1 saying why."""
-        spec = tmp_path / "empty.toml"
-        spec.write_text("", encoding="utf-8")
+        spec = tmp_path / "spec.toml"
+        service = docker_case.service("lock")
+        spec.write_text(
+            spec_text(service, redis_image, docker_case.labels), encoding="utf-8"
+        )
         state = tmp_path / "state"
         async with open_runner_process(spec, state) as runner:
             second = await rolecall("run", str(spec), "--state-dir", str(state))
@@ -320,6 +379,39 @@ class TestSignals:
             f" directory {str(state)!r}: stop it first, or give this one its"
             " own directory with --state-dir"
         ]
+
+
+async def _converged_after(runner: RunnerProcess, service: str, mark: int) -> None:
+    await runner.wait_for(
+        "converged", after=mark, service=service, detail="redundant with 2 member(s)"
+    )
+
+
+async def _write_and_read(primary: str, replica: str) -> tuple[str, str]:
+    """Write a key on the primary with the new password, wait until one
+    replica has it, and read it there; (replicas that confirmed, value)."""
+    clients = []
+    for address in (primary, replica):
+        host, port = address.rsplit(":", 1)
+        clients.append(
+            aioredis.Redis(
+                host=host,
+                port=int(port),
+                password=NEW_SECRET,
+                socket_timeout=10,
+                decode_responses=True,
+            )
+        )
+    writer, reader = clients
+    try:
+        await writer.set("after-reload", "v")
+        confirmed = await writer.execute_command("WAIT", 1, 10_000)
+        value = await reader.get("after-reload")
+    finally:
+        for client in clients:
+            await client.aclose()
+
+    return str(confirmed), str(value)
 
 
 async def _lines_until(process: anyio.abc.Process, word: str) -> list[str]:

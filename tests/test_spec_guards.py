@@ -36,29 +36,38 @@ def _write(tmp_path: Path, text: str) -> Path:
 class TestSpecShape:
     """What a spec may not ask for, and how the refusal reads."""
 
-    @pytest.mark.parametrize("key", ["io.rolecall.managed", "io.rolecall.team"])
+    @pytest.mark.parametrize("key", ["io.rolecall.managed", "io.rolecall.number"])
     def test_a_reserved_label_is_refused(self, key: str) -> None:
-        """A label under io.rolecall. is refused, not silently dropped."""
+        """A label rolecall sets itself is refused, not silently dropped."""
         with pytest.raises(SpecError) as caught:
             validate_spec(service_spec(labels={"team": "web", key: "x"}))
 
         assert str(caught.value) == (
-            f"service 'cache' sets label {key!r}: labels under io.rolecall. are"
-            " rolecall's own; rename it"
+            f"service 'cache' sets label {key!r}, which rolecall sets itself"
+            " (io.rolecall.managed, io.rolecall.member, io.rolecall.number,"
+            " io.rolecall.service): rename it"
         )
+
+    def test_other_labels_under_the_prefix_are_kept(self) -> None:
+        """A label of the project's own namespace that rolecall does not set
+        (tests and the demo use some) passes."""
+        spec = service_spec(labels={"io.rolecall.demo": "true"})
+
+        assert validate_spec(spec).labels == {"io.rolecall.demo": "true"}
 
     def test_a_reserved_label_in_a_spec_file_names_the_key(
         self, tmp_path: Path
     ) -> None:
         """The spec file's error names the service table and the label."""
         text = (
-            '[services.cache]\nimage = "kv:fake"\nlabels = { "io.rolecall.x" = "1" }\n'
+            '[services.cache]\nimage = "kv:fake"\n'
+            'labels = { "io.rolecall.service" = "1" }\n'
         )
         with pytest.raises(SpecFileError) as caught:
             load_spec_file(_write(tmp_path, text))
 
         assert caught.value.key == "services.cache"
-        assert "sets label 'io.rolecall.x'" in str(caught.value)
+        assert "sets label 'io.rolecall.service'" in str(caught.value)
 
     @pytest.mark.parametrize("text", ["", "[services]\n"])
     def test_a_file_without_services_is_refused(
@@ -90,10 +99,10 @@ class TestSpecShape:
         assert "got '***'" in str(caught.value)
         assert caught.value.__cause__ is None
 
-    def test_a_secret_in_a_reserved_label_is_masked(self) -> None:
+    def test_a_secret_in_another_key_is_masked_in_spec_errors(self) -> None:
         """validate_spec masks a secret value that its message quotes."""
         spec = service_spec(
-            labels={f"io.rolecall.{SECRET}": "x"},
+            timeouts={"status": SECRET},
             env={"TOKEN": SECRET},
             secret_keys=frozenset({"TOKEN"}),
         )
@@ -101,7 +110,7 @@ class TestSpecShape:
             validate_spec(spec)
 
         assert SECRET not in str(caught.value)
-        assert "'io.rolecall.***'" in str(caught.value)
+        assert "has timeout '***' for hook 'status'" in str(caught.value)
 
 
 @pytest.mark.anyio

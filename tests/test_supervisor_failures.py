@@ -159,7 +159,8 @@ class TestFailures:
 
     async def test_a_replica_that_never_synced_is_never_promoted(self) -> None:
         """With no synced replica the lost primary is restarted in place, not
-        replaced by an empty replica."""
+        replaced by an empty replica; with its link down the service is
+        degraded, never converged."""
         runtime = kv_runtime(nosync=_never_syncs("rolecall-cache-2"))
         with anyio.fail_after(LIMIT):
             async with (
@@ -169,13 +170,17 @@ class TestFailures:
                 await supervisor.apply(
                     service_spec(image="nosync:fake", topology="redundant")
                 )
-                before = await converged(supervisor, events)
+                degraded = (await until(events, "degraded"))[-1]
+                before = supervisor.status("cache")
                 write_keys(runtime, before, range(10))
                 runtime.crash(before.member("cache-1").container_id)
-                timeline = await until(events, "converged")
+                timeline = await until(events, "degraded")
                 after = supervisor.status("cache")
 
         kinds = [kind for kind, _ in event_kinds(timeline)]
+        assert degraded.fields["link_down"] == ["cache-2"]
+        assert (before.converged, before.member("cache-2").healthy) == (False, False)
+        assert not after.converged
         assert "member_fenced" not in kinds
         assert ("member_restarted", "cache-1") in event_kinds(timeline)
         assert after.primary == "cache-1"
