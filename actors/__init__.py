@@ -24,6 +24,7 @@ from ._container_messages import (
     Superseded,
 )
 from ._docker import DockerRuntime, open_docker_runtime
+from ._hook_stderr import MAX_STDERR_LINE_CHARS, MAX_STDERR_LINES, StderrForwarder
 from ._hooks import HookConvention, HookRun, run_hook, stderr_tail
 from ._mailbox import DEFAULT_CAPACITY, Mailbox, MailboxStatistics, OverflowPolicy
 from ._runtime import (
@@ -41,6 +42,8 @@ from ._spawner import ActorSpawner, open_spawner
 __all__ = [
     "DEFAULT_CAPACITY",
     "LABEL_PREFIX",
+    "MAX_STDERR_LINES",
+    "MAX_STDERR_LINE_CHARS",
     "Actor",
     "ActorRef",
     "ActorSpawner",
@@ -69,6 +72,7 @@ __all__ = [
     "RoleTicket",
     "RunHook",
     "ServiceView",
+    "StderrForwarder",
     "StopService",
     "Superseded",
     "open_docker_runtime",

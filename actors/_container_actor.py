@@ -61,6 +61,7 @@ from ._container_messages import (
     Superseded,
     _TakeRole,
 )
+from ._hook_stderr import StderrForwarder
 from ._hooks import HookConvention, run_hook
 from ._runtime import ContainerRuntime
 
@@ -295,16 +296,22 @@ class ContainerActor(Actor[ContainerMessage]):
         scope = anyio.CancelScope()
         if hook in _PREEMPTIBLE_HOOKS:
             self._preemptible = scope
+        level = _LEVELS["debug" if hook in _QUIET_HOOKS else "info"]
+        stderr = StderrForwarder(_log, fields, _secrets(view), level=level)
         try:
             with scope:
-                run = await run_hook(
-                    self.runtime,
-                    self.container_id,
-                    payload,
-                    convention=self.convention,
-                    timeout=timeout,
-                    secrets=_secrets(view),
-                )
+                try:
+                    run = await run_hook(
+                        self.runtime,
+                        self.container_id,
+                        payload,
+                        convention=self.convention,
+                        timeout=timeout,
+                        secrets=stderr.secrets,
+                        on_stderr=stderr.feed,
+                    )
+                finally:
+                    stderr.close()  # its lines come before the run's own
         except HookUnsupportedError as error:
             if hook not in _OPTIONAL_HOOKS:
                 _log.warning("hook_run", **fields, outcome=type(error).__name__)
@@ -346,9 +353,8 @@ class ContainerActor(Actor[ContainerMessage]):
             )
             return None
 
-        level = "debug" if hook in _QUIET_HOOKS else "info"
         _log.log(
-            _LEVELS[level],
+            level,
             "hook_run",
             **fields,
             outcome="ok",

@@ -12,7 +12,7 @@ carries it (see ``_docker_kill``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 import anyio
@@ -77,12 +77,14 @@ class _DockerExec(_DockerConnection):
         timeout: float,
         max_stdout: int,
         max_stderr: int,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         """Run ``argv`` inside the container and wait for it to exit.
 
         The command is done when its process exits, even if something it
         left behind still holds its stdout. ``timeout`` counts from the
-        moment a slot is free, not while waiting for one.
+        moment a slot is free, not while waiting for one. Stderr reaches
+        ``on_stderr`` chunk by chunk as the engine streams it.
 
         Raises:
             TimeoutError: The command ran past ``timeout``; it was killed.
@@ -99,7 +101,10 @@ class _DockerExec(_DockerConnection):
 
         async with self._exec_slots:
             run = _ExecRun(
-                container_id, _Capture(max_stdout, max_stderr), uuid.uuid4().hex
+                container_id,
+                _Capture(max_stdout, max_stderr),
+                uuid.uuid4().hex,
+                on_stderr=on_stderr,
             )
             started = anyio.current_time()
             try:
@@ -374,12 +379,16 @@ class _ExecRun:
     output_done: anyio.Event = field(factory=anyio.Event)
     # Why the output stream broke, if it did; None while it is whole.
     stream_error: Exception | None = None
+    # Gets each chunk of stderr as it arrives; None when nobody listens.
+    on_stderr: Callable[[bytes], None] | None = None
 
     async def pump(self, stream: Stream) -> None:
         """Read output until the stream ends; never raises but cancellation."""
         try:
             while (message := await stream.read_out()) is not None:
                 self.capture.add(message.stream, message.data)
+                if message.stream == 2 and self.on_stderr is not None:
+                    self.on_stderr(message.data)
         except (aiohttp.ClientError, OSError) as exc:
             self.stream_error = exc
         finally:

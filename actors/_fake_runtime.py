@@ -22,7 +22,7 @@ adds exec, fault injection and the set-up calls of tests on top.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -281,6 +281,7 @@ class FakeRuntime(_FakeEngine):
         timeout: float,
         max_stdout: int,
         max_stderr: int,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         """Run a fake hook as ``argv`` names it, like a real exec would.
 
@@ -289,7 +290,8 @@ class FakeRuntime(_FakeEngine):
         ``ROLECALL_ENCODING`` or the image's label says ``json``); one that
         does not decode to a map exits 65. The reply is encoded the same
         way. A handler's uncaught exception exits 1 with its traceback on
-        stderr. A paused container holds the exec until it resumes.
+        stderr. A paused container holds the exec until it resumes. A fake
+        hook's stderr reaches ``on_stderr`` in one piece when it ends.
 
         Raises:
             TimeoutError: The hook ran past ``timeout``; it was killed.
@@ -334,6 +336,8 @@ class FakeRuntime(_FakeEngine):
             self._forget_exec(container.id, scope, ended=ended)
 
         exit_code, stdout, stderr = outcome
+        if on_stderr is not None and stderr:
+            on_stderr(stderr)
 
         return ExecResult(
             exit_code=exit_code,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from attrs import frozen
 
@@ -40,6 +40,7 @@ from rolecall.hooks_protocol import (
     payload_to_wire,
 )
 
+from ._hook_stderr import mask_secrets
 from ._runtime import ContainerRuntime, ExecResult, ImageInfo
 
 __all__ = ["HookConvention", "HookRun", "run_hook", "stderr_tail"]
@@ -116,6 +117,7 @@ async def run_hook(
     convention: HookConvention,
     timeout: float,
     secrets: Collection[str] = (),
+    on_stderr: Callable[[bytes], None] | None = None,
 ) -> HookRun:
     """Run the hook the payload names and return its answer.
 
@@ -128,6 +130,8 @@ async def run_hook(
         secrets: Values shown as ``***`` wherever the hook's stderr is
             quoted (the error's message and ``stderr_tail``), for a hook
             that echoes a password from its payload.
+        on_stderr: Gets the hook's stderr piece by piece as it arrives
+            (see `StderrForwarder`); it must not raise.
 
     Returns:
         The decoded result with the exec's outcome.
@@ -156,6 +160,7 @@ async def run_hook(
             timeout=timeout,
             max_stdout=MAX_RESULT_BYTES,
             max_stderr=MAX_STDERR_BYTES,
+            on_stderr=on_stderr,
         )
     except TimeoutError as error:
         elapsed = time.monotonic() - started
@@ -197,7 +202,7 @@ def _raise_for_exit(
     if code in _NOT_FOUND_CODES:
         exit_class = ExitClass.UNSUPPORTED
 
-    tail = _masked(stderr_tail(outcome.stderr), secrets)
+    tail = mask_secrets(stderr_tail(outcome.stderr), secrets)
     shown = "no exit code" if code is None else f"exit code {code}"
     hint = _HINTS[exit_class]
     detail = f": {tail}" if tail else ""
@@ -267,15 +272,6 @@ def _read_nanobox_result(payload: HookPayload, outcome: ExecResult) -> HookResul
         )
 
     return HookResult(data=data)
-
-
-def _masked(text: str, secrets: Collection[str]) -> str:
-    # Longest first, so that a secret holding another is masked whole.
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "***")
-
-    return text
 
 
 def stderr_tail(stderr: bytes, *, lines: int = _STDERR_TAIL_LINES) -> str:

@@ -9,7 +9,7 @@ edge: no engine's raw dicts travel past a runtime.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -213,13 +213,16 @@ class ContainerRuntime(Protocol):
         timeout: float,
         max_stdout: int,
         max_stderr: int,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         """Run ``argv`` inside the container and wait for it.
 
         ``stdin`` is written then closed (EOF). Output beyond the caps is
         dropped (stdout keeps its head, stderr its tail) and flagged. On
         timeout or cancellation the process is killed inside the container,
-        then the error or cancellation propagates.
+        then the error or cancellation propagates. ``on_stderr``, when
+        given, gets each piece of stderr as it arrives, uncapped; it must
+        not raise.
 
         Raises:
             TimeoutError: The command ran past ``timeout``; it was killed.

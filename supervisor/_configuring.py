@@ -55,6 +55,9 @@ def configure_changes(configured: ServiceView | None, now: ServiceView) -> str |
         ``None`` when ``configure`` saw what is current. Env values are
         never named: they may be secrets.
     """
+    if configured is now:
+        return None  # the controller reuses its view while nothing changed
+
     if configured is None:
         return "not configured by this control plane yet"
 
@@ -104,7 +107,7 @@ class Configuring(Acting):
 
         return sorted(stale, key=lambda pair: (pair[0].is_writer, pair[0].number))
 
-    async def reconfigure(self, steps: list[Step]) -> bool:
+    async def reconfigure(self, steps: list[Step]) -> int | None:
         """Configure the stale members, then retell the roles they ask for.
 
         Args:
@@ -112,18 +115,19 @@ class Configuring(Acting):
                 writer) puts the steps first.
 
         Returns:
-            Whether the pass may go on to its steps: ``False`` when an
-            unexpected loss or a newer role request cut it short.
+            How many members ``configure`` ran on; ``None`` when an
+            unexpected loss or a newer role request cut it short, and the
+            pass must not go on to its steps.
 
         Raises:
             RolecallError: A ``configure`` or ``role`` hook failed.
         """
         if any(isinstance(step, FenceMember) for step in steps):
-            return True
+            return 0
 
         stale = self.stale_members()
         if not stale:
-            return True
+            return 0
 
         self.acted_since_converged = True
         self.converged_generation = -1
@@ -137,12 +141,12 @@ class Configuring(Acting):
                 ]
                 for member in again:
                     if not await self._role_again(member):
-                        return False
+                        return None
             finally:
                 self.acting = None
                 self.acting_on = None
 
-        return not scope.cancelled_caught
+        return None if scope.cancelled_caught else len(stale)
 
     async def _configure(self, member: Member, why: str) -> bool:
         """Run ``configure``; whether the member asks for its role again."""

@@ -38,6 +38,7 @@ from ._configuring import Configuring
 from ._dead_letters import CrashWatch
 from ._members import Member
 from ._observing import is_running
+from ._pass_log import PassRecord
 from ._reconciler import Step, plan_steps
 from ._records import ServiceStatus
 from ._spec import ServiceSpec
@@ -277,7 +278,20 @@ class ServiceController(Adopting, Configuring):
             self._crashed(error)
 
     async def run_pass(self) -> None:
-        """Observe, plan and act once."""
+        """Observe, plan and act once; log it as one ``reconcile_pass`` line."""
+        record = PassRecord(self.spec.name)
+        try:
+            await self._pass(record)
+        except anyio.get_cancelled_exc_class():
+            record.outcome = "cancelled"
+            raise
+        except Exception:
+            record.outcome = "crashed"
+            raise
+        finally:
+            record.log(converged=self.converged_generation == self.generation)
+
+    async def _pass(self, record: PassRecord) -> None:
         generation = self.generation
         steps: list[Step] = []
         try:
@@ -289,6 +303,7 @@ class ServiceController(Adopting, Configuring):
             # A reconcile pass runs between two switchovers.
             if self._switchovers and not self._switched:
                 self._switched = True
+                record.outcome = "switchover"
                 await self.run_switchover(self._switchovers.pop(0))
                 self.wake(urgent=True)
                 return
@@ -301,10 +316,15 @@ class ServiceController(Adopting, Configuring):
                 next_number=self.next_number,
                 promote=not self.failover_paused,
             )
-            if not await self.reconfigure(steps):
+            record.steps = len(steps)
+            configured = await self.reconfigure(steps)
+            if configured is None:
+                record.outcome = "cut_short"
                 return
 
+            record.configured = configured
             if not steps:
+                record.outcome = "acted" if configured else "idle"
                 self._report_withheld()
                 self._settled(generation)
                 return
@@ -313,8 +333,10 @@ class ServiceController(Adopting, Configuring):
             self.degraded_reported = False  # what follows the steps is news
             self.converged_generation = -1
             done = await self.act(steps)
+            record.outcome = "acted" if done else "cut_short"
             self._report_withheld()
         except RolecallError as error:
+            record.outcome = "failed"
             self._failed(error)
         else:
             if steps:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -91,6 +91,7 @@ class CannedRuntime(FakeRuntime):
         timeout: float,
         max_stdout: int,
         max_stderr: int,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         """Record the call and return the prepared outcome."""
         await anyio.lowlevel.checkpoint()

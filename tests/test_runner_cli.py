@@ -307,6 +307,12 @@ class TestSignals:
             text = "".join(runner.text)
 
         assert configured == [f"{service}-2", f"{service}-1"]
+        assert any(
+            line["event"] == "hook_stderr"
+            and (line["member"], line["hook"]) == (f"{service}-2", "configure")
+            and "redis config written" in line["line"]
+            for line in runner.lines
+        )
         assert (lost["member"], lost["cause"]) == (f"{service}-2", "removed")
         assert status["converged"] is True
         assert [(m["role"], m["healthy"]) for m in status["members"]] == [
