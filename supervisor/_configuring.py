@@ -68,8 +68,8 @@ def configure_changes(configured: ServiceView | None, now: ServiceView) -> str |
     if configured.env != now.env:
         reasons.append("env changed")
 
-    before = {m.id: m.address for m in configured.members}
-    after = {m.id: m.address for m in now.members}
+    before = _addresses(configured)
+    after = _addresses(now)
     joined = sorted(set(after) - set(before))
     left = sorted(set(before) - set(after))
     moved = sorted(i for i in set(after) & set(before) if after[i] != before[i])
@@ -78,6 +78,10 @@ def configure_changes(configured: ServiceView | None, now: ServiceView) -> str |
     reasons += [f"{member} moved" for member in moved]
 
     return ", ".join(reasons) or None
+
+
+def _addresses(view: ServiceView) -> dict[str, str]:
+    return {m.id: m.address for m in view.members}
 
 
 class Configuring(Acting):

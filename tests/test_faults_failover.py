@@ -245,7 +245,9 @@ async def test_the_lagging_synced_replica_is_promoted_never_the_empty_one(
 ) -> None:
     """Case 9: with one replica behind (paused while writes went on) and one
     that never synced, killing the primary promotes the lagging one, which
-    holds every confirmed write; the empty one is never promoted."""
+    holds every confirmed write; the empty one is never promoted. Its link
+    is down throughout, so the service reports itself degraded, never
+    converged."""
     name = docker_case.service("lag")
     empty = f"{name}-3"
     spec = fault_spec(
@@ -260,8 +262,10 @@ async def test_the_lagging_synced_replica_is_promoted_never_the_empty_one(
     )
     runtime = PausingRuntime(docker_runtime)
     async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:  # type: ignore[arg-type]
-        await supervisor.apply(spec)
-        before = await supervisor.wait_converged(name, timeout=LIMIT)
+        async with supervisor.open_timeline() as events:
+            await supervisor.apply(spec)
+            degraded = await events_until(events, lambda e: e.kind == "degraded")
+        before = supervisor.status(name)
         old = before.member(f"{name}-1")
         lagging = before.member(f"{name}-2")
         confirmed = await _write_confirmed(old.published, "lag", 2000)
@@ -275,11 +279,14 @@ async def test_the_lagging_synced_replica_is_promoted_never_the_empty_one(
         async with supervisor.open_timeline() as events:
             await docker_runtime.kill_container(old.container_id)
             assert await runtime.unpause(lagging.container_id)
-            seen = await events_until(events, lambda e: e.kind == "converged")
+            seen = await events_until(events, lambda e: e.kind == "degraded")
         after = supervisor.status(name)
         kept = await _present(after.writer and after.writer.published, confirmed)
 
     promoted = [e.member for e in seen if e.kind == "failover"]
+    assert degraded[-1].fields["link_down"] == [empty]
+    assert seen[-1].fields["link_down"] == [empty]
+    assert not after.converged
     assert promoted == [lagging.id]
     assert after.primary == lagging.id
     assert empty not in [e.member for e in seen if e.kind == "failover"]
