@@ -33,7 +33,10 @@ SUPERVISION = {
     "backoff_first": 0.05,
     "backoff_cap": 0.4,
     "jitter": 0.0,
-    "reset_after": 1.0,
+    # Well above one crash-loop cycle on a loaded machine (start, the hook
+    # kills init, the engine's event): a shorter one reset the backoff
+    # between crashes there.
+    "reset_after": 5.0,
     "max_restarts": 100,
 }
 GROWN = [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]
@@ -58,7 +61,7 @@ async def test_a_hook_that_always_fails_backs_off_to_the_cap_then_resets(
 ) -> None:
     """Case 5: configure exiting 1 every time is retried after 0.05, 0.1, 0.2,
     then 0.4 s (the cap), each retry at least that long after the failure;
-    fixed and left up for a second, a new failure waits 0.05 s again."""
+    fixed and left up for `reset_after`, a new failure waits 0.05 s again."""
     broken = {"fault": {"*": {"configure": {"exit": 1}}}}
     spec = fault_spec(
         docker_case, fault_image, "fails", config=broken, supervision=SUPERVISION
@@ -101,7 +104,7 @@ async def test_a_crash_looping_container_backs_off_to_the_cap_then_resets(
 ) -> None:
     """Case 5: a container whose start hook stops it every time is restarted
     0.05, 0.1, 0.2, then 0.4 s apart at least, never faster; fixed and left
-    up for a second, the next restart comes with the first delay again."""
+    up for `reset_after`, the next restart comes with the first delay again."""
     looping = {"fault": {"*": {"start": {"kill_init": True}}}}
     spec = fault_spec(
         docker_case, fault_image, "loop", config=looping, supervision=SUPERVISION
