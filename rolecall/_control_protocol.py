@@ -303,6 +303,7 @@ def status_to_data(
                 "ready": member.ready,
                 "address": member.address,
                 "following": member.following,
+                "extra": member.extra.value if member.extra else None,
                 "container_id": member.container_id,
             }
             for member in status.members

@@ -7,6 +7,7 @@ Schema (``docs/control-api.md`` and ``examples/cache.toml`` show it whole)::
     example = "redis"                  # an example recipe, built if missing
     topology = "standalone"            # or "redundant"
     replicas = 1                       # replicas of the redundant topology
+    extras = { backup = 1 }            # members beside the topology, by role
     memory_limit = "256MiB"            # bytes, or a number with KiB/MiB/GiB
     secret = ["REDIS_PASSWORD"]        # env keys whose values are never logged
     config = { maxmemory = "64mb" }    # handed to every hook
@@ -43,6 +44,7 @@ _SERVICE_KEYS = frozenset(
         "example",
         "topology",
         "replicas",
+        "extras",
         "memory_limit",
         "secret",
         "config",
@@ -261,6 +263,7 @@ def _entry(path: Path, name: str, table: object) -> ServiceEntry:
             image=image or f"example:{example}",
             topology=_optional_str(path, table, where, "topology") or "standalone",
             replicas=_int(path, table, where, "replicas", default=1),
+            extras=_table(path, table, where, "extras"),
             config=_table(path, table, where, "config"),
             env=_strings(path, table, where, "env", show_values=False),
             secret_keys=frozenset(secret),

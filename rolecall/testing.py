@@ -165,7 +165,9 @@ KV_PORT: Final = 6379
 KV_DATA_PATH: Final = "/data"
 """Where the fake key-value service keeps its data (mount a volume here)."""
 
-_KV_ROLES: Final = (Role.STANDALONE, Role.PRIMARY, Role.REPLICA)
+_KV_ROLES: Final = (Role.STANDALONE, Role.PRIMARY, Role.REPLICA, Role.BACKUP)
+# Roles that copy a primary's data and refuse writes.
+_KV_FOLLOWERS: Final = (Role.REPLICA, Role.BACKUP)
 
 
 class FakeKVReadOnlyError(Exception):
@@ -189,13 +191,14 @@ def fake_kv_image() -> dict[str, FakeHook]:
     keys, an offset that counts writes, its role, the primary it follows,
     and the last epoch it applied.
 
-    - ``plan``: roles standalone, primary and replica; topologies standalone
-      and redundant; port `KV_PORT`; data path `KV_DATA_PATH`.
+    - ``plan``: roles standalone, primary, replica and backup; topologies
+      standalone and redundant; port `KV_PORT`; data path `KV_DATA_PATH`.
     - ``configure`` keeps the payload's config and ``env.PASSWORD``, the
       password it asks of replicas and gives its primary, as Redis's
       ``requirepass`` and ``masterauth``; ``start`` and ``stop`` have
       nothing to do (the fake serves while its container runs).
-    - ``role`` takes ``request.role``, ``request.epoch`` and, for a replica,
+    - ``role`` takes ``request.role``, ``request.epoch`` and, for a replica
+      or a backup node (a replica by another name),
       ``request.primary`` (a member id from ``members``, or an address). It
       refuses an epoch older than the last it applied with exit 1 (failed),
       as the protocol says, so a late command cannot undo a failover. A
@@ -242,9 +245,9 @@ def fake_kv_write(runtime: FakeRuntime, container_id: str, key: str, value: Any)
         )
 
     disk = _kv_disk(runtime, container)
-    if disk["role"] == Role.REPLICA:
+    if disk["role"] in _KV_FOLLOWERS:
         raise FakeKVReadOnlyError(
-            f"fake key-value member {container.name!r} is a replica of "
+            f"fake key-value member {container.name!r} is a follower of "
             f"{disk['primary']!r}; write to the primary",
             container_id=container.id,
         )
@@ -319,14 +322,15 @@ def _kv_role(call: FakeHookCall) -> dict[str, Any]:
             f"{disk['epoch']} already applied",
         )
 
-    primary = _primary_address(call) if role == Role.REPLICA else None
-    if role == Role.REPLICA and primary is None:
+    follower = role in _KV_FOLLOWERS
+    primary = _primary_address(call) if follower else None
+    if follower and primary is None:
         raise FakeHookExit(
             ExitClass.BAD_PAYLOAD.value,
-            stderr="role: a replica needs request.primary",
+            stderr=f"role: a {role} needs request.primary",
         )
 
-    if call.request.get("handover") and disk["role"] != Role.REPLICA:
+    if call.request.get("handover") and disk["role"] not in _KV_FOLLOWERS:
         _kv_hand_over(call, disk, primary)
 
     disk.update(role=role, epoch=epoch, primary=primary, link_up=None)
@@ -356,7 +360,7 @@ def _kv_hand_over(call: FakeHookCall, disk: dict[str, Any], target: str | None) 
 
 def _kv_status(call: FakeHookCall) -> dict[str, Any]:
     disk = _kv_disk(call.runtime, call.container)
-    replica = disk["role"] == Role.REPLICA
+    replica = disk["role"] in _KV_FOLLOWERS
     if replica:
         _kv_pull(call, disk)
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from ._dead_letters import DeadLetter
 from ._journal import JOURNAL_DIR, Journal
-from ._member_hooks import DATA_HOOKS, run_member_hook
-from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
+from ._member_hooks import DATA_HOOKS, backup_member, run_member_hook
+from ._naming import (
+    LABEL_EXTRA,
+    LABEL_MANAGED,
+    LABEL_MEMBER,
+    LABEL_NUMBER,
+    LABEL_SERVICE,
+)
 from ._reconciler import (
     ApplyRole,
     CreateMember,
@@ -32,6 +38,7 @@ from ._switchover import SwitchoverSupersededError
 __all__ = [
     "DATA_HOOKS",
     "JOURNAL_DIR",
+    "LABEL_EXTRA",
     "LABEL_MANAGED",
     "LABEL_MEMBER",
     "LABEL_NUMBER",
@@ -55,6 +62,7 @@ __all__ = [
     "Supervision",
     "Supervisor",
     "SwitchoverSupersededError",
+    "backup_member",
     "check_plan",
     "choose_primary",
     "open_supervisor",

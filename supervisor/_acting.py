@@ -115,6 +115,9 @@ class Acting(Observing):
             return False
 
         member = self.members[member_id]
+        if member.fenced:
+            return True  # killed on purpose to fence it: no failure to count
+
         cause = "unresponsive" if member.unresponsive else f"exit {member.exit_code}"
 
         return self.note_restart(f"{member_id} ({cause})", now)
@@ -134,7 +137,9 @@ class Acting(Observing):
             # The container comes first, with its own line on the timeline,
             # so that a hook failing next does not hide that it exists.
             if isinstance(step, CreateMember):
-                await self._create(step.member, _planned_role(planned, step.member))
+                await self._create(
+                    step.member, _planned_role(planned, step.member), step.extra
+                )
             else:
                 await self._restart(step.member)
 
@@ -164,7 +169,9 @@ class Acting(Observing):
 
         return True
 
-    async def _create(self, member_id: str, role: Role | None) -> None:
+    async def _create(
+        self, member_id: str, role: Role | None, extra: Role | None
+    ) -> None:
         started = time.monotonic()
         number = self.next_number
         # Written first: a start after a crash here removes what the create
@@ -178,6 +185,7 @@ class Acting(Observing):
                 member_id,
                 number,
                 origin=(self.generation, self.epoch, role),
+                extra=extra,
             )
         # Taken only once the member exists: a create the engine refused is
         # retried under the same number (its name finds what it left).
@@ -205,7 +213,7 @@ class Acting(Observing):
 
         member.actor.container_restarted()
         member.alive = True
-        member.fenced = member.unresponsive = False
+        member.fenced = member.unresponsive = member.confirmed = False
         member.exit_code, member.oom_killed = None, False
         member.silent_since = None
         member.last_answer = anyio.current_time()
@@ -265,6 +273,7 @@ class Acting(Observing):
         if isinstance(await self.request_role(member, message), Superseded):
             return False
 
+        member.confirmed = False  # until a status reports the new role
         self.persist()
         member.link_down_since = None  # the next status tells it afresh
 

@@ -34,6 +34,7 @@ from rolecall.hooks_protocol import (
 )
 
 from ._adoption import Adopting
+from ._candidates import fence_lost_writers, promotes, refresh_candidates
 from ._configuring import Configuring
 from ._dead_letters import CrashWatch
 from ._members import Member
@@ -310,12 +311,16 @@ class ServiceController(Adopting, Configuring):
 
             self._switched = False
 
-            steps = plan_steps(
-                self.spec,
-                [m.observed() for m in self.members.values()],
-                next_number=self.next_number,
-                promote=not self.failover_paused,
-            )
+            steps = self._plan()
+            if promotes(steps, self.members):
+                self.converged_generation = -1
+                if not await fence_lost_writers(self, steps):
+                    record.outcome = "cut_short"
+                    self.wake()
+                    return
+
+                steps = self._plan(passed_over=await refresh_candidates(self))
+
             record.steps = len(steps)
             configured = await self.reconfigure(steps)
             if configured is None:
@@ -347,6 +352,15 @@ class ServiceController(Adopting, Configuring):
         finally:
             passed, self.passed = self.passed, anyio.Event()
             passed.set()
+
+    def _plan(self, *, passed_over: frozenset[str] = frozenset()) -> list[Step]:
+        return plan_steps(
+            self.spec,
+            [m.observed() for m in self.members.values()],
+            next_number=self.next_number,
+            promote=not self.failover_paused,
+            passed_over=passed_over,
+        )
 
     async def _check_member(self, member: Member) -> None:
         try:

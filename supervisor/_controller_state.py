@@ -323,13 +323,28 @@ class ControllerState:
         return self._view
 
     def writer(self) -> Member | None:
-        """The member taking writes, if one runs and answers."""
-        writers = [
-            m
-            for m in self.members.values()
-            if m.alive and not m.unresponsive and m.is_writer
-        ]
-        return writers[0] if writers else None
+        """The member taking writes, if one runs and answers.
+
+        Of the members holding a writer role, the one that got it under the
+        newest epoch: an older one (a fenced primary back after a failover)
+        was superseded, and takes no writes even while it runs.
+        """
+        writers = [m for m in self.members.values() if m.is_writer]
+        if not writers:
+            return None
+
+        newest = max(writers, key=lambda m: m.actor.epoch)
+        if not newest.alive or newest.unresponsive:
+            return None
+
+        return newest
+
+    def superseded(self, member: Member) -> bool:
+        """Whether another member took the writer role under a newer epoch."""
+        return member.is_writer and any(
+            other.is_writer and other.actor.epoch > member.actor.epoch
+            for other in self.members.values()
+        )
 
     def address(self, member_id: str) -> str:
         """``host:port`` at which other members reach ``member_id``."""
@@ -352,6 +367,7 @@ class ControllerState:
             address=self.address(member.id),
             published=f"127.0.0.1:{port}" if port else None,
             following=member.actor.primary,
+            extra=member.extra,
         )
 
     # -- timeline ------------------------------------------------------------

@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from rolecall.actors import RunHook
-from rolecall.hooks_protocol import HookName, HookResult, SpecError
+from rolecall.hooks_protocol import HookName, HookResult, Role, SpecError
 
 from ._supervisor import Supervisor
 
-__all__ = ["DATA_HOOKS", "run_member_hook"]
+__all__ = ["DATA_HOOKS", "backup_member", "run_member_hook"]
 
 DATA_HOOKS = frozenset(
     {HookName.BACKUP, HookName.RESTORE, HookName.EXPORT, HookName.IMPORT}
@@ -79,6 +79,37 @@ async def run_member_hook(
         raise TypeError(f"the {name} hook answered {result!r}, not a HookResult")
 
     return result
+
+
+def backup_member(supervisor: Supervisor, service: str) -> str:
+    """The member of a service to run ``backup`` on: its backup node.
+
+    A backup node is an extra member (``ServiceSpec.extras = {"backup":
+    1}``) that follows the writer and is never promoted, so a backup
+    taken there costs the writer nothing. Of several, the oldest that runs
+    and answers healthy is chosen.
+
+    Raises:
+        SpecError: No such service, or none of its members is a backup node
+            that runs, holds the backup role and answers healthy.
+    """
+    status = supervisor.status(service)
+    nodes = [
+        m
+        for m in status.members
+        if m.role is Role.BACKUP and m.alive and m.ready and m.healthy
+    ]
+    if not nodes:
+        roles = ", ".join(f"{m.id}: {m.role}" for m in status.members) or "none"
+        raise SpecError(
+            f"service {service!r} has no healthy backup node (members: {roles}):"
+            ' ask for one with `extras = {"backup": 1}` and wait until it has'
+            " converged, or run `backup` on a member of your choice with"
+            " run_member_hook",
+            service=service,
+        )
+
+    return nodes[0].id
 
 
 def _data_hook(service: str, hook: HookName | str) -> HookName:

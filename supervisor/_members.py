@@ -7,7 +7,7 @@ containers; `Member` is the controller's record of one member.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 from attrs import define, field
@@ -29,6 +29,7 @@ from rolecall.actors import (
 from rolecall.hooks_protocol import ContainerGoneError, MemberStatus, Plan, Role
 
 from ._naming import (
+    LABEL_EXTRA,
     container_name,
     member_labels,
     network_name,
@@ -114,6 +115,13 @@ class Member:
     # Whether rolecall itself is stopping, killing or starting its
     # container, so that the engine's events about it are expected.
     changing: bool = False
+    # The role it was created to take beside the topology (an extra
+    # member, see `ServiceSpec.extras`); None for the topology's members.
+    # Fixed for the member's life.
+    extra: Role | None = None
+    # Whether its last status, taken after its last role command, reported
+    # that role and healthy; false again after every role change.
+    confirmed: bool = False
 
     @property
     def ready(self) -> bool:
@@ -146,6 +154,12 @@ class Member:
         elif self.link_down_since is None:
             self.link_down_since = anyio.current_time()
 
+        self.confirmed = (
+            report.healthy
+            and report.role is not None
+            and report.role is self.actor.role
+            and report.epoch >= self.actor.epoch
+        )
         if report.role is not Role.REPLICA:
             return
 
@@ -168,6 +182,9 @@ class Member:
             exit_code=self.exit_code,
             oom_killed=self.oom_killed,
             link_down_for=self.link_down_for(),
+            extra=self.extra,
+            epoch=self.actor.epoch,
+            confirmed=self.confirmed and alive,
         )
 
     def link_down_for(self) -> float:
@@ -202,13 +219,22 @@ class MemberSpawner:
         number: int,
         *,
         origin: tuple[int, int, Role | None] | None = None,
+        extra: Role | None = None,
     ) -> Member:
         """Create and start a member's container and spawn its actor.
 
         ``origin`` (generation, epoch, role at creation) goes into its
-        labels; see ``_naming``.
+        labels; see ``_naming``. ``extra`` is the role of an extra member;
+        ``None`` for a member of the topology.
         """
-        labels = member_labels(spec.name, member_id, number, spec.labels, origin=origin)
+        labels = member_labels(
+            spec.name,
+            member_id,
+            number,
+            spec.labels,
+            origin=origin,
+            extra_role=extra,
+        )
         await self.runtime.create_network(
             network_name(spec.name), labels=service_labels(spec.name, spec.labels)
         )
@@ -240,6 +266,7 @@ class MemberSpawner:
             volumes=tuple(mounts),
             labels=labels,
             host_ports=dict(info.host_ports),
+            extra=extra,
         )
 
     async def adopt(
@@ -282,6 +309,7 @@ class MemberSpawner:
             volumes=tuple(volume_mounts(member_id, plan.data_paths)),
             labels=dict(info.labels),
             host_ports=dict(info.host_ports),
+            extra=_extra_role(info.labels),
         )
 
     async def respawn(self, member: Member) -> None:
@@ -318,7 +346,11 @@ class MemberSpawner:
         """
         if member.missing:
             labels = member.labels or member_labels(
-                spec.name, member.id, member.number, spec.labels
+                spec.name,
+                member.id,
+                member.number,
+                spec.labels,
+                extra_role=member.extra,
             )
             info = await self.runtime.create_container(
                 self._container_spec(spec, plan, member.id, labels)
@@ -380,3 +412,12 @@ class MemberSpawner:
             published_ports=plan.ports,
             memory_limit=spec.memory_limit,
         )
+
+
+def _extra_role(labels: Mapping[str, str]) -> Role | None:
+    """The role an extra member was made for, from its container's labels."""
+    value = labels.get(LABEL_EXTRA)
+    try:
+        return Role(value) if value else None
+    except ValueError:
+        return None  # a label this version does not know: a topology member

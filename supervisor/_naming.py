@@ -23,6 +23,7 @@ from rolecall.hooks_protocol import Role
 __all__ = [
     "LABEL_CREATED_EPOCH",
     "LABEL_CREATED_ROLE",
+    "LABEL_EXTRA",
     "LABEL_GENERATION",
     "LABEL_MANAGED",
     "LABEL_MEMBER",
@@ -42,6 +43,8 @@ LABEL_NUMBER = f"{LABEL_PREFIX}.number"
 LABEL_GENERATION = f"{LABEL_PREFIX}.generation"
 LABEL_CREATED_EPOCH = f"{LABEL_PREFIX}.created-epoch"
 LABEL_CREATED_ROLE = f"{LABEL_PREFIX}.created-role"
+LABEL_EXTRA = f"{LABEL_PREFIX}.extra"
+"""On an extra member (see ``ServiceSpec.extras``): the role it was made for."""
 
 
 def container_name(member_id: str) -> str:
@@ -76,6 +79,7 @@ def member_labels(
     extra: Mapping[str, str],
     *,
     origin: tuple[int, int, Role | None] | None = None,
+    extra_role: Role | None = None,
 ) -> dict[str, str]:
     """Labels a member's container and volumes carry.
 
@@ -86,6 +90,8 @@ def member_labels(
         extra: The spec's own labels.
         origin: The spec's generation, the service's highest epoch and the
             role the member is created for, at its creation.
+        extra_role: For an extra member (see ``ServiceSpec.extras``), the
+            role it is made for.
     """
     labels = {
         **service_labels(service, extra),
@@ -97,5 +103,7 @@ def member_labels(
         labels[LABEL_GENERATION] = str(generation)
         labels[LABEL_CREATED_EPOCH] = str(epoch)
         labels[LABEL_CREATED_ROLE] = role.value if role is not None else ""
+    if extra_role is not None:
+        labels[LABEL_EXTRA] = extra_role.value
 
     return labels

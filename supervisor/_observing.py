@@ -121,6 +121,10 @@ class Observing(ControllerState):
 
         if member.alive and not running:
             self.lost(member, info)
+        elif running and not member.alive and not member.changing:
+            # Started again behind rolecall's back: its processes are new,
+            # so it is prepared again before it takes a role.
+            member.actor.container_restarted()
 
         member.alive = running
         member.missing = info is None
@@ -314,7 +318,7 @@ class Observing(ControllerState):
         self.wake(urgent=True)
 
     def _writer_lost(self, member: Member) -> None:
-        if member.actor.role is None or not member.is_writer:
+        if not member.is_writer or self.superseded(member):
             return
 
         if self.writer_lost_at is None:

@@ -19,10 +19,21 @@ The rules, in the order they are applied:
 3. With no synced replica, a dead writer is restarted in place: its volume
    holds the only copy of the data.
 4. Replicas follow the writer; missing replicas are created, dead replicas
-   are restarted in place (their volume shortens the resync), superseded
-   writers and surplus members are removed. A replica whose link to the
-   writer has been down for ``unresponsive_after`` is told its role again.
-5. Restarts obey the service's `Supervision`: a member whose restart kind
+   are restarted in place (their volume shortens the resync), surplus
+   members are removed. A replica whose link to the writer has been down
+   for ``unresponsive_after`` is told its role again.
+5. A writer superseded by a newer one (a fenced old primary after a
+   failover; the member with the highest epoch holds the writer role) is
+   never a writer again: it fills a replica's place, restarted in place and
+   told to follow (its image rewinds or resyncs it), after the replicas
+   that follow already. When no place is left for it, it is removed — but
+   only once the new writer has confirmed its role in a ``status``, so its
+   volume, the only copy of writes that never reached a replica, is kept
+   until the takeover holds.
+6. Extra members (``ServiceSpec.extras``, a backup node say) follow the
+   writer in their own role, in either topology; they are never promoted,
+   never count as replicas, and are restarted or replaced when lost.
+7. Restarts obey the service's `Supervision`: a member whose restart kind
    forbids it (``temporary``, or ``transient`` after a clean exit) stays
    down; a restart under ``one_for_all`` restarts every other member too,
    under ``rest_for_one`` every member created after it.
@@ -30,7 +41,8 @@ The rules, in the order they are applied:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Collection, Iterable, Sequence
 
 from attrs import evolve, frozen
 
@@ -50,6 +62,7 @@ __all__ = [
     "Step",
     "choose_primary",
     "plan_steps",
+    "promotion_candidates",
 ]
 
 _WRITER_ROLES = frozenset({Role.STANDALONE, Role.PRIMARY})
@@ -76,6 +89,11 @@ class ObservedMember:
         exit_code: How its container last ended, when it is down; ``None``
             while it runs, or when it stopped answering instead.
         oom_killed: Whether its container was last killed for memory.
+        extra: The role it was created to take beside the topology (see
+            ``ServiceSpec.extras``); ``None`` for the topology's members.
+        epoch: The epoch of the last role it applied.
+        confirmed: Whether its last ``status``, taken after its last role
+            command, reported that role and healthy.
         recycle: Whether its running container is to be restarted because
             another member was (the ``one_for_all`` and ``rest_for_one``
             strategies); set by the planner, not by observation.
@@ -95,6 +113,9 @@ class ObservedMember:
     fenced: bool = False
     exit_code: int | None = None
     oom_killed: bool = False
+    extra: Role | None = None
+    epoch: int = 0
+    confirmed: bool = False
     recycle: bool = False
     link_down_for: float = 0.0
 
@@ -111,9 +132,14 @@ class ObservedMember:
 
 @frozen
 class CreateMember:
-    """Create a new member's volume and container, then prepare it."""
+    """Create a new member's volume and container, then prepare it.
+
+    ``extra`` is the role of an extra member (see ``ServiceSpec.extras``);
+    ``None`` for a member of the topology.
+    """
 
     member: str
+    extra: Role | None = None
 
 
 @frozen
@@ -167,21 +193,37 @@ Step = (
 )
 
 
-def choose_primary(members: Iterable[ObservedMember]) -> ObservedMember | None:
+def promotion_candidates(members: Iterable[ObservedMember]) -> list[ObservedMember]:
+    """The members a lost writer may be replaced by: alive, ready, synced
+    replicas of the topology."""
+    return [
+        m
+        for m in members
+        if m.alive
+        and m.ready
+        and m.synced
+        and m.role is Role.REPLICA
+        and m.extra is None
+    ]
+
+
+def choose_primary(
+    members: Iterable[ObservedMember], *, passed_over: Collection[str] = ()
+) -> ObservedMember | None:
     """Pick the member to promote when the writer is lost.
 
     Args:
         members: Members to choose from.
+        passed_over: Candidates left out unless no other qualifies (those
+            that did not answer a ``status`` asked at failover time).
 
     Returns:
         The alive, ready, synced replica with the highest offset (the oldest
         on a tie); ``None`` when no member qualifies.
     """
-    candidates = [
-        m
-        for m in members
-        if m.alive and m.ready and m.synced and m.role is Role.REPLICA
-    ]
+    candidates = promotion_candidates(members)
+    answered = [m for m in candidates if m.id not in passed_over]
+    candidates = answered or candidates
     if not candidates:
         return None
 
@@ -194,6 +236,7 @@ def plan_steps(
     *,
     next_number: int,
     promote: bool = True,
+    passed_over: Collection[str] = (),
 ) -> list[Step]:
     """Plan the steps that bring a service from observed to desired.
 
@@ -203,34 +246,41 @@ def plan_steps(
         next_number: The ordinal the next new member gets.
         promote: Whether a replica may be promoted in place of a lost
             writer; ``False`` while failover is paused.
+        passed_over: Replicas not to promote while another candidate
+            qualifies (see `choose_primary`).
 
     Returns:
         Steps to run in order; empty when the service has converged.
     """
-    steps = _plan(spec, list(members), next_number, promote=promote)
+    plan = functools.partial(
+        _plan, spec, next_number=next_number, promote=promote, passed_over=passed_over
+    )
+    steps = plan(list(members))
+    # A fenced writer was killed on purpose, not lost: bringing it back to
+    # follow restarts no one else.
     restarted = {
         step.member
         for step in steps
         if isinstance(step, RestartMember)
-        and any(m.id == step.member and not m.alive for m in members)
+        and any(m.id == step.member and not m.alive and not m.fenced for m in members)
     }
     recycled = _recycled(spec.supervision.strategy, members, restarted)
     if not recycled:
         return steps
 
-    marked = [evolve(m, recycle=True) if m.id in recycled else m for m in members]
-
-    return _plan(spec, marked, next_number, promote=promote)
+    return plan([evolve(m, recycle=True) if m.id in recycled else m for m in members])
 
 
 def _plan(
     spec: ServiceSpec,
     members: list[ObservedMember],
-    next_number: int,
     *,
+    next_number: int,
     promote: bool,
+    passed_over: Collection[str],
 ) -> list[Step]:
     planner = _Planner(spec, members, next_number, promote=promote)
+    planner.passed_over = passed_over
     if spec.topology is Topology.STANDALONE:
         planner.plan_standalone()
     else:
@@ -267,10 +317,16 @@ class _Planner:
         promote: bool,
     ) -> None:
         self.spec = spec
-        self.members = sorted(members, key=lambda m: m.number)
+        ordered = sorted(members, key=lambda m: m.number)
+        self.members = [m for m in ordered if m.extra is None]
+        self.extras = [m for m in ordered if m.extra is not None]
         self.next_number = next_number
         self.promote = promote
+        self.passed_over: Collection[str] = ()
         self.steps: list[Step] = []
+        # The newest writer decision: members holding a writer role under
+        # an older epoch were superseded by it.
+        self.top_epoch = max((m.epoch for m in self.members if m.is_writer), default=0)
 
     # -- topologies ---------------------------------------------------------
 
@@ -282,7 +338,9 @@ class _Planner:
         self._role(writer, Role.STANDALONE)
         for member in self.members:
             if member.id != writer:
-                self.steps.append(RemoveMember(member.id))
+                self._drop(member, writer)
+
+        self._plan_extras(writer)
 
     def plan_redundant(self) -> None:
         writer = self._take_writer()
@@ -290,13 +348,16 @@ class _Planner:
             return
 
         self._role(writer, Role.PRIMARY)
+        # Replicas that follow already come first; a superseded writer
+        # takes a place left over (its data may have to be rewound).
+        others = sorted(
+            (m for m in self.members if m.id != writer),
+            key=lambda m: (m.is_writer, m.number),
+        )
         followers = 0
-        for member in self.members:
-            if member.id == writer:
-                continue
-
-            if followers >= self.spec.replicas or self._superseded(member):
-                self.steps.append(RemoveMember(member.id))
+        for member in others:
+            if followers >= self.spec.replicas:
+                self._drop(member, writer)
                 continue
 
             followers += 1
@@ -310,6 +371,27 @@ class _Planner:
             created = self._create()
             self.steps.append(ApplyRole(created, Role.REPLICA, writer))
 
+        self._plan_extras(writer)
+
+    def _plan_extras(self, writer: str) -> None:
+        """Extra members follow the writer in their own role."""
+        for member in self.extras:
+            if member.extra not in self.spec.extras:
+                self.steps.append(RemoveMember(member.id))
+
+        for role, wanted in sorted(self.spec.extras.items()):
+            mine = [m for m in self.extras if m.extra is role]
+            for member in mine[wanted:]:
+                self.steps.append(RemoveMember(member.id))
+
+            for member in mine[:wanted]:
+                if self._revive(member) and _needs_role(member, role, writer):
+                    self.steps.append(ApplyRole(member.id, role, writer))
+
+            for _ in range(wanted - len(mine)):
+                created = self._create(extra=role)
+                self.steps.append(ApplyRole(created, role, writer))
+
     # -- the writer ---------------------------------------------------------
 
     def _take_writer(self) -> str | None:
@@ -319,18 +401,19 @@ class _Planner:
         paused, or the lost writer may not be restarted): the pass plans
         nothing else.
         """
-        alive_writers = [m for m in self.members if m.alive and m.is_writer]
+        writers = [m for m in self.members if m.is_writer and not self._superseded(m)]
+        alive_writers = [m for m in writers if m.alive]
         if alive_writers:
             writer = max(alive_writers, key=_writer_rank)
             self._revive(writer)
             return writer.id
 
-        lost = [m for m in self.members if m.is_writer]
+        lost = writers
         if lost and not self.promote:
             self._fence(lost)
             return None
 
-        successor = choose_primary(self.members)
+        successor = choose_primary(self.members, passed_over=self.passed_over)
         if successor is not None:
             self._fence(lost)
             return successor.id
@@ -358,8 +441,27 @@ class _Planner:
     # -- helpers ------------------------------------------------------------
 
     def _superseded(self, member: ObservedMember) -> bool:
-        """A writer that lost its place keeps no role worth reviving."""
-        return member.is_writer
+        """A writer whose writer role a newer epoch handed to another."""
+        return member.is_writer and member.epoch < self.top_epoch
+
+    def _drop(self, member: ObservedMember, writer: str) -> None:
+        """Remove a member the topology has no place for.
+
+        A superseded writer is kept until the new writer confirmed its
+        role: its volume may hold writes no replica received.
+        """
+        if member.is_writer and not self._confirmed(writer):
+            return
+
+        self.steps.append(RemoveMember(member.id))
+
+    def _confirmed(self, writer: str) -> bool:
+        current = next(m for m in self.members if m.id == writer)
+        planned = any(
+            isinstance(step, ApplyRole | RestartMember) and step.member == writer
+            for step in self.steps
+        )
+        return current.confirmed and not planned
 
     def _link_lost(self, member: ObservedMember) -> bool:
         """A replica whose link stayed down too long is told its role again."""
@@ -402,10 +504,10 @@ class _Planner:
         if current is None or _needs_role(current, role, None):
             self.steps.append(ApplyRole(member_id, role))
 
-    def _create(self) -> str:
+    def _create(self, *, extra: Role | None = None) -> str:
         member = f"{self.spec.name}-{self.next_number}"
         self.next_number += 1
-        self.steps.append(CreateMember(member))
+        self.steps.append(CreateMember(member, extra))
 
         return member
 
@@ -418,6 +520,7 @@ def _needs_role(member: ObservedMember, role: Role, primary: str | None) -> bool
     return member.role is not role or member.primary != primary
 
 
-def _writer_rank(member: ObservedMember) -> tuple[bool, int, int]:
-    """Order writers: a primary over a standalone, then data, then age."""
-    return (member.role is Role.PRIMARY, member.offset, -member.number)
+def _writer_rank(member: ObservedMember) -> tuple[int, bool, int, int]:
+    """Order writers: the newest decision, a primary over a standalone,
+    then data, then age."""
+    return (member.epoch, member.role is Role.PRIMARY, member.offset, -member.number)

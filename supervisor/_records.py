@@ -26,6 +26,8 @@ class MemberView:
         address: ``host:port`` other members use to reach it.
         published: ``127.0.0.1:port`` at which the host reaches it, if any.
         following: For a replica: the member it follows.
+        extra: For an extra member (see ``ServiceSpec.extras``): the role
+            it was created to take; ``None`` for the topology's members.
     """
 
     id: str
@@ -40,6 +42,7 @@ class MemberView:
     address: str
     published: str | None = None
     following: str | None = None
+    extra: Role | None = None
 
 
 @frozen
@@ -115,7 +118,8 @@ class ServiceEvent:
             ``restart_delayed``, ``actor_replaced``, ``member_removed``,
             ``failover`` (another member took over writes),
             ``writer_restarted`` (the lost writer took writes again in
-            place), ``failover_withheld``, ``switchover``, ``converged``,
+            place), ``candidates_probed`` (the replicas' positions asked
+            for at failover time), ``failover_withheld``, ``switchover``, ``converged``,
             ``degraded``, ``step_failed``, ``steps_interrupted``,
             ``pass_crashed``,
             ``service_failed``.

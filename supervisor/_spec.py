@@ -27,6 +27,7 @@ from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
 from ._supervision import Supervision, validate_supervision
 
 __all__ = [
+    "TOPOLOGY_ROLES",
     "ServiceSpec",
     "check_change",
     "check_memory",
@@ -40,6 +41,10 @@ _RESERVED_LABELS = frozenset({LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_S
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]+)*")
 _MAX_REPLICAS = 16
+_MAX_EXTRAS = 4
+
+TOPOLOGY_ROLES = frozenset({Role.STANDALONE, Role.PRIMARY, Role.REPLICA})
+"""Roles the topologies hand out; an extra member takes any other role."""
 
 
 def _topology(value: Topology | str) -> Topology:
@@ -65,6 +70,20 @@ def _supervision(value: Supervision | Mapping[str, Any] | None) -> Supervision:
         return Supervision(**value)
     except TypeError as error:
         raise SpecError(f"supervision settings {dict(value)!r}: {error}") from None
+
+
+def _extras(value: Mapping[Role | str, int] | None) -> dict[Role, int]:
+    extras: dict[Role, int] = {}
+    for role, count in (value or {}).items():
+        try:
+            extras[Role(role)] = count
+        except ValueError:
+            known = ", ".join(r.value for r in Role if r not in TOPOLOGY_ROLES)
+            raise SpecError(
+                f"extras name an unknown role {role!r}: use one of {known}"
+            ) from None
+
+    return extras
 
 
 def _timeouts(value: Mapping[str, float] | None) -> dict[HookName, float]:
@@ -101,6 +120,10 @@ class ServiceSpec:
             plan and rolecall's defaults.
         supervision: How members are restarted and when rolecall gives up
             (see `Supervision`); a map of its fields is accepted too.
+        extras: Members beside the topology's, by the role they take
+            (``{"backup": 1}``): they follow the writer in that role, are
+            never promoted, and are replaced like replicas when lost. The
+            image's plan must offer the role.
     """
 
     name: str
@@ -114,14 +137,16 @@ class ServiceSpec:
     labels: dict[str, str] = field(factory=dict, converter=_plain_dict)
     timeouts: dict[HookName, float] = field(factory=dict, converter=_timeouts)
     supervision: Supervision = field(factory=Supervision, converter=_supervision)
+    extras: dict[Role, int] = field(factory=dict, converter=_extras)
 
     @property
     def size(self) -> int:
-        """How many members the topology wants."""
+        """How many members the topology and the extras want."""
+        extras = sum(self.extras.values())
         if self.topology is Topology.STANDALONE:
-            return 1
+            return 1 + extras
 
-        return 1 + self.replicas
+        return 1 + self.replicas + extras
 
 
 def validate_spec(spec: ServiceSpec) -> ServiceSpec:
@@ -209,6 +234,7 @@ def _validate(spec: ServiceSpec) -> None:
             f" sets itself ({', '.join(sorted(_RESERVED_LABELS))}): rename it",
             service=spec.name,
         )
+    _validate_extras(spec)
 
     unknown_secrets = spec.secret_keys - spec.env.keys()
     if unknown_secrets:
@@ -273,6 +299,31 @@ def check_memory(spec: ServiceSpec, total: int | None) -> None:
     )
 
 
+def _validate_extras(spec: ServiceSpec) -> None:
+    for role, count in spec.extras.items():
+        if role in TOPOLOGY_ROLES:
+            raise SpecError(
+                f"service {spec.name!r} asks for extra {role.value!r} members:"
+                " the topology hands out that role; set `replicas` for more"
+                " replicas",
+                service=spec.name,
+            )
+
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise SpecError(
+                f"service {spec.name!r} asks for {count!r} extra {role.value!r}"
+                f" members: use a whole number from 0 to {_MAX_EXTRAS}",
+                service=spec.name,
+            )
+
+        if not 0 <= count <= _MAX_EXTRAS:
+            raise SpecError(
+                f"service {spec.name!r} asks for {count!r} extra {role.value!r}"
+                f" members: use 0 to {_MAX_EXTRAS}",
+                service=spec.name,
+            )
+
+
 def roles_needed(topology: Topology) -> frozenset[Role]:
     """The roles a topology hands out."""
     if topology is Topology.STANDALONE:
@@ -291,7 +342,8 @@ def check_plan(spec: ServiceSpec, plan: Plan) -> None:
     Raises:
         UnsupportedTopologyError: The plan lacks the topology or a role it
             needs.
-        SpecError: The plan declares no port for clients.
+        SpecError: The plan lacks a role the extras ask for, or declares no
+            port for clients.
     """
     supported = tuple(sorted(t.value for t in plan.topologies))
     missing_roles = roles_needed(spec.topology) - plan.roles
@@ -304,6 +356,16 @@ def check_plan(spec: ServiceSpec, plan: Plan) -> None:
             topology=spec.topology.value,
             supported=supported,
         )
+
+    for role, count in sorted(spec.extras.items()):
+        if count and role not in plan.roles:
+            offered = sorted(r.value for r in plan.roles)
+            raise SpecError(
+                f"image {spec.image!r} cannot take role {role.value!r} (its plan"
+                f" offers roles {offered!r}): drop `extras.{role.value}` or pick"
+                " an image that offers it",
+                service=spec.name,
+            )
 
     if not plan.ports:
         raise SpecError(

@@ -33,7 +33,7 @@ image = "kv:fake"
 """
 
 KV_PLAN = {
-    "roles": ["primary", "replica", "standalone"],
+    "roles": ["backup", "primary", "replica", "standalone"],
     "topologies": ["redundant", "standalone"],
     "behaviours": ["migratable", "switchover"],
     "ports": [6379],

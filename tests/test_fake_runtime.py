@@ -996,7 +996,7 @@ class TestFakeKV:
             container_id = await _started(runtime, image=KV)
             plan = _data(await _run(runtime, container_id, "plan"))
 
-        assert plan["roles"] == ["standalone", "primary", "replica"]
+        assert plan["roles"] == ["standalone", "primary", "replica", "backup"]
         assert plan["topologies"] == ["standalone", "redundant"]
         assert plan["ports"] == [KV_PORT]
         assert plan["data_paths"] == [KV_DATA_PATH]

@@ -465,7 +465,8 @@ class TestFailoverControl:
         self,
     ) -> None:
         """A primary frozen past the deadline is killed first, then the replica
-        takes over; at no time do two members take writes."""
+        takes over and the old primary, restarted, follows it; at no time do
+        two members take writes."""
         runtime = kv_runtime()
         spec = service_spec(
             topology="redundant", supervision={"unresponsive_after": 0.2}
@@ -490,9 +491,13 @@ class TestFailoverControl:
         assert kinds.index(("member_fenced", "cache-1")) < kinds.index(
             ("failover", "cache-2")
         )
-        assert old not in {c.id for c in left}
+        assert kinds.index(("failover", "cache-2")) < kinds.index(
+            ("member_restarted", "cache-1")
+        )
+        assert old in {c.id for c in left}
         assert after.primary == "cache-2"
         assert [m.id for m in after.members if m.role is Role.PRIMARY] == ["cache-2"]
+        assert after.member("cache-1").following == "cache-2"
 
     async def test_paused_failover_fences_and_waits_for_resume(self) -> None:
         """While paused, a lost primary is fenced and nobody promoted; resuming

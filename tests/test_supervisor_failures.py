@@ -66,8 +66,9 @@ class TestFailures:
     async def test_a_crashed_primary_fails_over_to_the_replica_with_most_data(
         self,
     ) -> None:
-        """The primary is fenced, the most caught-up replica promoted, and a
-        replacement replica created, with every key kept."""
+        """The primary is fenced, the most caught-up replica promoted on the
+        positions asked for at failover time, and the old primary rejoins as
+        a replica, with every key kept."""
         lag = Lag()
         runtime = kv_runtime(lag=lag.image())
         spec = service_spec(image="lag:fake", topology="redundant", replicas=2)
@@ -94,26 +95,32 @@ class TestFailures:
         lost = kinds.index(("member_lost", "cache-1"))
         fenced = kinds.index(("member_fenced", "cache-1"))
         failover = kinds.index(("failover", "cache-3"))
-        assert lost < fenced < failover < len(kinds) - 1
-        assert ("member_created", "cache-4") in kinds
-        assert ("member_removed", "cache-1") in kinds
+        probed = next(e for e in timeline if e.kind == "candidates_probed")
+        rejoined = kinds.index(("member_restarted", "cache-1"))
+        assert lost < fenced < kinds.index(("candidates_probed", None)) < failover
+        assert failover < rejoined < len(kinds) - 1
+        assert probed.fields["positions"] == {"cache-2": held_offset, "cache-3": 30}
+        assert not any(
+            kind in {"member_created", "member_removed"} for kind, _ in kinds
+        )
         assert held_offset < 30
 
         assert after.primary == "cache-3"
         assert [(m.id, m.role, m.following) for m in after.members] == [
+            ("cache-1", Role.REPLICA, "cache-3"),
             ("cache-2", Role.REPLICA, "cache-3"),
             ("cache-3", Role.PRIMARY, None),
-            ("cache-4", Role.REPLICA, "cache-3"),
         ]
         assert after.epoch > before.epoch
         assert after.member("cache-3").epoch > before.member("cache-1").epoch
-        for member in ("cache-2", "cache-3", "cache-4"):
+        assert after.member("cache-1").epoch > after.member("cache-3").epoch
+        for member in ("cache-1", "cache-2", "cache-3"):
             assert keys_of(runtime, after, member) == expected_keys(range(30))
 
         assert sorted(objects[0]) == [
+            "rolecall-cache-1",
             "rolecall-cache-2",
             "rolecall-cache-3",
-            "rolecall-cache-4",
         ]
 
     async def test_a_failed_promotion_is_retried(self) -> None:
@@ -152,8 +159,8 @@ class TestFailures:
         assert ("member_fenced", "cache-1") not in event_kinds(recovered)
         assert after.primary == "cache-2"
         assert [(m.id, m.role) for m in after.members] == [
+            ("cache-1", Role.REPLICA),
             ("cache-2", Role.PRIMARY),
-            ("cache-3", Role.REPLICA),
         ]
         assert keys_of(runtime, after, "cache-2") == expected_keys(range(10))
 
