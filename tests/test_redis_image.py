@@ -180,6 +180,10 @@ class Member:
             "127.0.0.1::6379",
             self.lab.image,
         )
+        await self.read_port()
+
+    async def read_port(self) -> None:
+        """Learn the published port; it changes when the container restarts."""
         published = await _run_docker("port", self.container, "6379/tcp")
         self.port = int(published.stdout.decode().split()[0].rpartition(":")[2])
 
@@ -188,16 +192,18 @@ class Member:
         name: str,
         *,
         members: list[Member] | None = None,
+        roster: list[dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
     ) -> HookRun:
+        """Run hook ``name``; ``roster`` gives members with roles and epochs."""
         payload = {
             "protocol": 1,
             "hook": name,
             "service": "cache",
             "member": self.info(),
-            "members": [m.info() for m in members or [self]],
+            "members": roster or [m.info() for m in members or [self]],
             "config": config or {},
             "env": env or {},
             "request": request or {},
@@ -440,6 +446,50 @@ async def test_replica_keeps_following_after_restart(lab: Lab) -> None:
     assert acked == 1
     assert status["link_up"] is True
     assert status["epoch"] == 4
+
+
+async def test_a_replaced_primary_comes_back_read_only_and_follows(
+    lab: Lab,
+) -> None:
+    """A former primary whose payload shows another writer under a newer
+    epoch starts as that writer's replica: it refuses writes at once, copies
+    what the new writer took, and the role hook then makes it final."""
+    old, new = await _bring_up(lab, "p5", "r5")
+    members = [old, new]
+    await old.ok("role", members=members, **_role("primary", 1))
+    await new.ok("role", members=members, **_role("replica", 1, "p5"))
+    await _run_docker("kill", old.container)
+    await new.ok("role", members=members, **_role("primary", 2))
+    writer = new.client()
+    try:
+        await writer.set("after-failover", "1")
+    finally:
+        await writer.aclose()
+
+    await _run_docker("start", old.container)
+    await old.read_port()
+    roster = [old.info("primary", 1), new.info("primary", 2)]
+    restarted = await old.ok("start", roster=roster)
+    client = old.client()
+    try:
+        with pytest.raises(aioredis.ResponseError, match="read only replica"):
+            await client.set("late", "x")
+
+        async def copied() -> bool:
+            return bool(await client.get("after-failover") == b"1")
+
+        await wait_for(copied)
+        joined = await old.ok("role", roster=roster, **_role("replica", 3, "r5"))
+        late = await client.get("late")
+    finally:
+        await client.aclose()
+
+    assert restarted["started"] is True
+    assert restarted["fenced_by"] == "r5"
+    assert restarted["epoch"] == 1
+    assert joined["role"] == "replica"
+    assert joined["link_up"] is True
+    assert late is None
 
 
 async def test_configure_refuses_reserved_directives(lab: Lab) -> None:
