@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import itertools
 import re
-import subprocess
 import tempfile
 import time
 import uuid
@@ -33,15 +32,10 @@ from rolecall._demo_postgres import run_postgres_demo
 from rolecall._demo_scenario import demo_labels
 from rolecall._images import ensure_image
 from rolecall.actors import (
-    ContainerSpec,
     DockerRuntime,
-    HookConvention,
-    run_hook,
 )
 from rolecall.hooks_protocol import (
     HookName,
-    HookPayload,
-    MemberInfo,
     Role,
     SpecError,
     Topology,
@@ -51,6 +45,7 @@ from rolecall.supervisor import (
     ServiceEvent,
     ServiceSpec,
     Supervisor,
+    backup_member,
     open_supervisor,
     run_member_hook,
 )
@@ -501,119 +496,180 @@ async def test_failover_promotes_the_replica_with_the_highest_replayed_lsn(
     assert on_behind == [*range(1, SEED + 1), *range(1001, 2001)]
 
 
+# -- the old primary rejoins -------------------------------------------------
+
+
+@define
+class WriteProbe:
+    """Tries, again and again, to write to one member; counts what it took.
+
+    Each try connects afresh to the member's published port as status shows
+    it now (it changes when the container restarts) and inserts a row with
+    a negative number, which no other writer uses.
+    """
+
+    supervisor: Supervisor
+    service: str
+    member: str
+    # Tries made, and how many reached a running server at all.
+    tries: int = 0
+    reached: int = 0
+    # Rows the member acknowledged: must stay empty.
+    taken: list[int] = field(factory=list)
+
+    async def run(self) -> None:
+        """Probe until cancelled."""
+        for n in itertools.count(1):
+            self.tries += 1
+            address = self.supervisor.status(self.service).member(self.member)
+            if address.published is not None:
+                await self._try(address.published, -n)
+
+            await anyio.sleep(0.02)  # paces the tries
+
+    async def _try(self, address: str, row: int) -> None:
+        with anyio.move_on_after(5):
+            try:
+                await _sql(address, {}, "INSERT INTO t VALUES (%s)", (row,))
+            except psycopg.OperationalError:
+                return  # no server there (yet): nothing takes writes
+
+            except psycopg.Error:
+                self.reached += 1  # a server that refused the write
+                return
+
+            self.taken.append(row)
+
+
+async def _standby_rows(
+    primary: str | None, standby: str | None
+) -> tuple[list[int], bool]:
+    """The standby's rows once it replayed all the primary wrote, and whether
+    it is still in recovery (a read-only standby)."""
+    ((position,),) = await _sql(
+        primary, {}, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+    )
+
+    async def replayed() -> bool:
+        rows = await _sql(
+            standby,
+            {},
+            "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint",
+        )
+        return rows[0][0] is not None and bool(rows[0][0] >= position)
+
+    await _until(replayed)
+    ((recovering,),) = await _sql(standby, {}, "SELECT pg_is_in_recovery()")
+
+    return await _rows(standby, {}), bool(recovering)
+
+
+async def test_old_primary_rejoins_as_a_replica_and_never_takes_a_write(
+    docker_runtime: DockerRuntime, docker_case: DockerLab, postgres_image: str
+) -> None:
+    """After a failover the supervisor restarts the killed primary in place;
+    it rewinds onto the new timeline and follows, holds every row written
+    after the failover, and no write reaches it at any time."""
+    spec = _spec(
+        docker_case,
+        postgres_image,
+        "back",
+        topology=Topology.REDUNDANT,
+        config={"durability": "sync"},
+    )
+    async with open_supervisor(docker_runtime, probe_interval=PROBE) as supervisor:
+        await supervisor.apply(spec)
+        before = await supervisor.wait_converged(spec.name, timeout=LIMIT)
+        old = before.writer
+        assert old is not None
+        writer = RowWriter(_published_writer(supervisor, spec.name))
+        await _seed(old.published, {}, writer)
+        probe = WriteProbe(supervisor, spec.name, old.id)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(writer.run)
+            await writer.wait_acked(SEED + 100)
+            async with supervisor.open_timeline() as events:
+                await docker_runtime.kill_container(old.container_id)
+                tasks.start_soon(probe.run)
+                seen = await _events_until(
+                    events,
+                    lambda e: e.kind == "role_applied" and e.member == old.id,
+                )
+                at_rejoin = len(writer.acked)
+                await writer.wait_acked(at_rejoin + 200)
+                seen += await _events_until(events, lambda e: e.kind == "converged")
+            await writer.stop()
+            tasks.cancel_scope.cancel()
+
+        after = supervisor.status(spec.name)
+        new = after.writer
+        assert new is not None
+        on_new = await _rows(new.published, {})
+        on_old, recovering = await _standby_rows(
+            new.published, after.member(old.id).published
+        )
+
+    kinds = _kinds(seen)
+    assert new.id != old.id
+    assert kinds.index("member_fenced") < kinds.index("failover")
+    assert kinds.index("failover") < kinds.index("member_restarted")
+    assert "member_created" not in kinds
+    assert "member_removed" not in kinds
+    assert f"role replica of {new.id}" in [
+        e.detail for e in seen if e.member == old.id and e.kind == "role_applied"
+    ]
+    assert after.member(old.id).container_id == old.container_id
+    assert after.member(old.id).following == new.id
+    assert recovering is True
+    assert probe.tries > 10
+    assert probe.reached > 0  # it ran as a read-only standby meanwhile
+    assert probe.taken == []
+    assert set(writer.acked) <= set(on_new)
+    assert on_old == on_new
+    assert max(on_old) > at_rejoin
+    assert min(on_old) > 0
+
+
 # -- backup and restore -----------------------------------------------------
 
 
-async def _hook(
-    runtime: DockerRuntime,
-    container_id: str,
-    hook: HookName,
-    request: dict[str, Any] | None = None,
-    *,
-    convention: HookConvention,
-    me: MemberInfo,
-    members: Sequence[MemberInfo],
-) -> dict[str, Any]:
-    """Run one hook in a container that is no member of any service."""
-    payload = HookPayload(
-        hook=hook,
-        service="backups",
-        member=me,
-        members=tuple(members),
-        request=request or {},
-    )
-    run = await run_hook(
-        runtime, container_id, payload, convention=convention, timeout=LIMIT
-    )
-    return dict(run.result.data)
-
-
-def _network_of(container: str) -> str:
-    inspected = subprocess.run(
-        [
-            "docker",
-            "inspect",
-            "--format",
-            "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
-            container,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return inspected.stdout.strip()
-
-
-async def test_backup_on_a_backup_node_restores_into_a_fresh_standalone(
+async def test_backup_on_the_backup_node_restores_into_a_fresh_standalone(
     docker_runtime: DockerRuntime, docker_case: DockerLab, postgres_image: str
 ) -> None:
-    """A backup node's backup, restored into a new service, holds the same rows."""
-    source = _spec(docker_case, postgres_image, "src")
+    """A service with a backup node (an extra member in the backup role)
+    takes its backup there; restored into a new service, it holds the same
+    rows."""
+    source = _spec(docker_case, postgres_image, "src", extras={"backup": 1})
     target = _spec(docker_case, postgres_image, "dst")
-    node_id = f"{source.name}-backup"
     async with open_supervisor(docker_runtime, probe_interval=PROBE) as supervisor:
         await supervisor.apply(source)
-        primary = (await supervisor.wait_converged(source.name, timeout=LIMIT)).writer
+        status = await supervisor.wait_converged(source.name, timeout=LIMIT)
+        primary = status.writer
         assert primary is not None
         writer = RowWriter(_published_writer(supervisor, source.name))
         await _seed(primary.published, {}, writer)
-
-        # The backup node: a container of the same image on the service's
-        # network, told through the hooks to be a backup node.
-        volume = docker_case.name("backup")
-        await docker_runtime.create_volume(volume, labels=docker_case.labels)
-        node = await docker_runtime.create_container(
-            ContainerSpec(
-                name=docker_case.name("node"),
-                image=postgres_image,
-                labels=docker_case.labels,
-                network=_network_of(primary.container_name),
-                network_aliases=(node_id,),
-                volumes={volume: "/data"},
-            )
-        )
-        await docker_runtime.start_container(node.id)
-        convention = HookConvention.from_image(
-            await docker_runtime.inspect_image(postgres_image)
-        )
-        me = MemberInfo(id=node_id, role=Role.BACKUP, address=f"{node_id}:5432")
-        members = [
-            MemberInfo(id=primary.id, role=Role.STANDALONE, address=primary.address),
-            me,
-        ]
-
-        async def on_node(
-            hook: HookName, request: dict[str, Any] | None = None
-        ) -> dict[str, Any]:
-            return await _hook(
-                docker_runtime,
-                node.id,
-                hook,
-                request,
-                convention=convention,
-                me=me,
-                members=members,
-            )
-
-        for hook in (HookName.CONFIGURE, HookName.START):
-            await on_node(hook)
-        following = await on_node(
-            HookName.ROLE, {"role": "backup", "primary": primary.id, "epoch": 1}
-        )
         expected = await _rows(primary.published, {})
         ((written,),) = await _sql(
             primary.published,
             {},
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
         )
-        statuses: list[dict[str, Any]] = []
+        node_id = backup_member(supervisor, source.name)
 
         async def node_caught_up() -> bool:
-            statuses.append(await on_node(HookName.STATUS))
-            return bool(statuses[-1]["replication_offset"] >= written)
+            node = supervisor.status(source.name).member(node_id)
+            return node.offset >= written
 
         await _until(node_caught_up)
-        taken = await on_node(HookName.BACKUP, {"path": "/data/backups/b1"})
+        taken = await run_member_hook(
+            supervisor,
+            source.name,
+            node_id,
+            HookName.BACKUP,
+            {"path": "/data/backups/b1"},
+            timeout=LIMIT,
+        )
+        node = supervisor.status(source.name).member(node_id)
 
         # The backup leaves through the engine's archive API, not the hook.
         await supervisor.apply(target)
@@ -621,7 +677,7 @@ async def test_backup_on_a_backup_node_restores_into_a_fresh_standalone(
         assert fresh is not None
         with tempfile.TemporaryDirectory() as outside:
             for copy in (
-                [f"{node.name}:/data/backups/b1", outside],
+                [f"{node.container_name}:/data/backups/b1", outside],
                 [str(Path(outside, "b1")), f"{fresh.container_name}:/data/"],
             ):
                 await anyio.run_process(["docker", "cp", *copy])
@@ -647,10 +703,13 @@ async def test_backup_on_a_backup_node_restores_into_a_fresh_standalone(
         )
         on_restored = await _rows(fresh.published, {})
 
-    assert following["how"] == "clone"
-    assert statuses[-1]["role"] == "backup"
-    assert taken["role"] == "backup"
-    assert list(taken["files"]) == [
+    assert [(m.role, m.extra) for m in status.members] == [
+        (Role.STANDALONE, None),
+        (Role.BACKUP, Role.BACKUP),
+    ]
+    assert (node.role, node.following) == (Role.BACKUP, primary.id)
+    assert taken.data["role"] == "backup"
+    assert list(taken.data["files"]) == [
         "backup_manifest",
         "base.tar.gz",
         "pg_wal.tar.gz",
