@@ -217,7 +217,8 @@ async def test_round_trip_keeps_every_key_and_drops_the_replica(
 async def test_failover_promotes_a_replica_holding_every_confirmed_write(
     docker_runtime: DockerRuntime, docker_case: DockerLab, redis_image: str
 ) -> None:
-    """A killed primary is fenced; a replica with every confirmed key takes over."""
+    """A killed primary is fenced; a replica with every confirmed key takes
+    over; the old primary's container comes back as a replica of it."""
     spec = _spec(
         docker_case, redis_image, "fail", topology=Topology.REDUNDANT, replicas=2
     )
@@ -253,10 +254,9 @@ async def test_failover_promotes_a_replica_holding_every_confirmed_write(
     assert by_kind["member_fenced"].member == old.id
     assert new.id in replicas_before
     assert on_new_primary == confirmed
-    assert old_left == []
-    assert old.id not in {m.id for m in after.members}
-    assert len(replicas) == 2
-    assert len({m.id for m in replicas} - replicas_before) == 1
+    assert [c.id for c in old_left] == [old.container_id]
+    assert {m.id for m in replicas} == replicas_before - {new.id} | {old.id}
+    assert after.member(old.id).container_id == old.container_id
     assert {m.following for m in replicas} == {new.id}
     assert on_replicas == {m.id: confirmed for m in replicas}
 
