@@ -442,7 +442,8 @@ async def test_async_failover_loses_only_commits_past_the_switch_point(
 async def test_failover_promotes_the_replica_with_the_highest_replayed_lsn(
     docker_runtime: DockerRuntime, docker_case: DockerLab, postgres_image: str
 ) -> None:
-    """Of two synced replicas, the one that replayed further becomes primary."""
+    """Of two synced replicas, the one that replayed further becomes primary,
+    on the positions both report at failover time."""
     spec = _spec(
         docker_case, postgres_image, "pick", topology=Topology.REDUNDANT, replicas=2
     )
@@ -471,14 +472,9 @@ async def test_failover_promotes_the_replica_with_the_highest_replayed_lsn(
         await _until(replayed_all)
         ((lagging,),) = await _sql(behind.published, {}, replayed)
 
-        # The supervisor decides from its last probes: wait until they show
-        # the replay positions measured above.
-        async def probed() -> bool:
-            return supervisor.status(spec.name).member(ahead.id).offset >= target
-
-        await _until(probed)
-
-        await _fail_over(supervisor, docker_runtime, spec.name)
+        # No wait for the supervisor's probes: it asks both replicas where
+        # they are when it fails over.
+        seen = await _fail_over(supervisor, docker_runtime, spec.name)
         after = supervisor.status(spec.name)
         replicas = [m for m in after.members if m.role is Role.REPLICA]
 
@@ -488,7 +484,12 @@ async def test_failover_promotes_the_replica_with_the_highest_replayed_lsn(
         await _until(caught_up)
         on_behind = await _rows(behind.published, {})
 
+    probed = next(e for e in seen if e.kind == "candidates_probed")
     assert lagging < target
+    positions = probed.fields["positions"]
+    assert isinstance(positions, dict)
+    assert positions[behind.id] == lagging
+    assert positions[ahead.id] >= target
     assert after.primary == ahead.id
     assert behind.id in {m.id for m in replicas}
     assert len(replicas) == 2
