@@ -9,6 +9,7 @@ they are before it chooses.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,6 +32,7 @@ from supervisor_support import (
 from rolecall.hooks_protocol import HookName, Role, SpecError
 from rolecall.supervisor import (
     LABEL_EXTRA,
+    ServiceStatus,
     backup_member,
     open_supervisor,
     run_member_hook,
@@ -167,6 +169,33 @@ class TestExtraMembers:
             Role.BACKUP,
         )
         assert [m.id for m in after.members] == ["cache-1", "cache-2"]
+
+    async def test_a_new_control_plane_adopts_the_backup_node_by_its_label(
+        self, tmp_path: Path
+    ) -> None:
+        """A supervisor opened again on the same containers takes the backup
+        node back as an extra member: nothing is created or removed."""
+        runtime = kv_runtime()
+        spec = service_spec(extras={"backup": 1})
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path
+            ) as supervisor:
+                await supervisor.apply(spec)
+                first = await supervisor.wait_converged("cache")
+
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path
+            ) as supervisor:
+                await supervisor.apply(spec)
+                second = await supervisor.wait_converged("cache")
+
+        def shape(status: ServiceStatus) -> list[tuple[str, str, Role | None]]:
+            return [(m.id, m.container_id, m.extra) for m in status.members]
+
+        assert shape(second) == shape(first)
+        assert second.member("cache-2").extra is Role.BACKUP
+        assert second.member("cache-2").role is Role.BACKUP
 
     async def test_extras_go_when_the_spec_drops_them(self) -> None:
         """Applying the spec without extras removes the backup node."""

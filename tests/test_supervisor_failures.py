@@ -226,7 +226,8 @@ class TestRestartedSupervisor:
         self,
     ) -> None:
         """After a failover, a new supervisor keeps the promoted primary and
-        its data, and creates no container."""
+        its data, and the old primary that rejoined as its replica, and
+        creates no container."""
         lag = Lag()
         runtime = kv_runtime(lag=lag.image())
         spec = service_spec(image="lag:fake", topology="redundant")
@@ -253,9 +254,10 @@ class TestRestartedSupervisor:
         assert second.primary == "cache-2"
         assert keys_of(runtime, second, "cache-2") == expected_keys(range(5))
         assert sorted(c.name for c in containers) == [
+            "rolecall-cache-1",
             "rolecall-cache-2",
-            "rolecall-cache-3",
         ]
+        assert second.member("cache-1").following == "cache-2"
 
 
 class TestCrashedActors:
