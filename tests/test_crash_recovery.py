@@ -49,10 +49,9 @@ CASES = [
     ("to-standalone", "member_removed"),
     ("failover", "member_fenced"),
     ("failover", "failover"),  # the replica promoted
-    ("failover", "member_removed"),  # the fenced old primary
-    ("failover", "member_created#3"),  # its replacement
+    ("failover", "member_restarted"),  # the fenced old primary started again
     ("failover", "member_prepared#3"),
-    ("failover", "role_applied#4"),  # the replacement following
+    ("failover", "role_applied#4"),  # the old primary following
 ]
 
 
