@@ -158,7 +158,11 @@ class Adopting(Switching):
         actor.role = report.role
         actor.epoch = report.epoch
         actor.primary = primary if report.role is Role.REPLICA else None
-        if report.role is not None:
+        # Only a member that serves counts as prepared: a container started
+        # again just before the crash holds its role on disk but runs no
+        # service until `start` runs (idempotent, so running it again is
+        # harmless).
+        if report.role is not None and report.healthy:
             actor.phase = MemberPhase.RUNNING
 
     async def _sweep_volumes(self, record: ServiceRecord | None) -> None:
