@@ -235,6 +235,10 @@ class _Planner:
         self._role(writer, Role.PRIMARY)
         # Replicas that follow already come first; a superseded writer
         # takes a place left over (its data may have to be rewound).
+        # Known gap: a superseded writer whose `role replica` keeps failing
+        # is retried with the pass backoff, never swapped for a fresh
+        # member, because the image owns the choice between a rewind and a
+        # fresh copy (PostgreSQL falls back to a copy by itself).
         others = sorted(
             (m for m in self.members if m.id != writer),
             key=lambda m: (m.is_writer, m.number),
