@@ -312,7 +312,8 @@ class ServiceController(Adopting, Configuring):
             self._switched = False
 
             steps = self._plan()
-            if promotes(steps, self.members):
+            failing_over = promotes(steps, self.members)
+            if failing_over:
                 self.converged_generation = -1
                 if not await fence_lost_writers(self, steps):
                     record.outcome = "cut_short"
@@ -322,7 +323,8 @@ class ServiceController(Adopting, Configuring):
                 steps = self._plan(passed_over=await refresh_candidates(self))
 
             record.steps = len(steps)
-            configured = await self.reconfigure(steps)
+            # A failover goes first, as a fence does: configure waits.
+            configured = 0 if failing_over else await self.reconfigure(steps)
             if configured is None:
                 record.outcome = "cut_short"
                 return
