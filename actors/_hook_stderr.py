@@ -37,12 +37,46 @@ MAX_STDERR_LINE_CHARS = 1000
 _MASK = "***"
 
 
-def mask_secrets(text: str, secrets: Collection[str]) -> str:
-    """``text`` with every secret value replaced by ``***``."""
+def mask_secrets(
+    text: str,
+    secrets: Collection[str],
+    *,
+    cut_before: bool = False,
+    cut_after: bool = False,
+) -> str:
+    """``text`` with every secret value replaced by ``***``.
+
+    Mask before cutting a text down: a cut can split a secret and leave a
+    part no whole-value match finds. For a text that already is a piece of a
+    longer one, ``cut_before`` / ``cut_after`` say which edge was cut, and
+    what a secret left on that edge (its end, its start) is masked too.
+    """
     # Longest first, so that a secret holding another is masked whole.
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, _MASK)
+    ordered = sorted((s for s in secrets if s), key=len, reverse=True)
+    for secret in ordered:
+        text = text.replace(secret, _MASK)
+
+    for secret in ordered:
+        if cut_after:
+            text = _mask_end(text, secret)
+        if cut_before:
+            text = _mask_start(text, secret)
+
+    return text
+
+
+def _mask_end(text: str, secret: str) -> str:
+    for size in range(len(secret) - 1, 0, -1):
+        if text.endswith(secret[:size]):
+            return text[:-size] + _MASK
+
+    return text
+
+
+def _mask_start(text: str, secret: str) -> str:
+    for size in range(len(secret) - 1, 0, -1):
+        if text.startswith(secret[-size:]):
+            return _MASK + text[size:]
 
     return text
 
@@ -115,9 +149,11 @@ class StderrForwarder:
             self.dropped += 1
             return
 
-        if cut or len(text) > MAX_STDERR_LINE_CHARS:
-            text = text[:MAX_STDERR_LINE_CHARS] + " [cut]"
+        # Masked before the cut, which could split a secret; a secret the
+        # buffer's own bound split is masked by what is left of it.
+        line = mask_secrets(text, self.secrets, cut_after=cut)
+        if cut or len(line) > MAX_STDERR_LINE_CHARS:
+            line = line[:MAX_STDERR_LINE_CHARS] + " [cut]"
 
         self.forwarded += 1
-        line = mask_secrets(text, self.secrets)
         self.log.log(self.level, "hook_stderr", **self.fields, line=line)

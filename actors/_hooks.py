@@ -46,6 +46,9 @@ from ._runtime import ContainerRuntime, ExecResult, ImageInfo
 __all__ = ["HookConvention", "HookRun", "run_hook", "stderr_tail"]
 
 _STDERR_TAIL_LINES = 5
+STDERR_TAIL_CHARS = 2000
+"""Characters of stderr an error quotes at most: one flooding line must not
+make every error and log line about it as long as the capture."""
 
 # The exit codes a POSIX exec gives when the program is missing or not
 # executable: the image does not carry that hook.
@@ -202,7 +205,9 @@ def _raise_for_exit(
     if code in _NOT_FOUND_CODES:
         exit_class = ExitClass.UNSUPPORTED
 
-    tail = mask_secrets(stderr_tail(outcome.stderr), secrets)
+    tail = stderr_tail(
+        outcome.stderr, secrets=secrets, truncated=outcome.stderr_truncated
+    )
     shown = "no exit code" if code is None else f"exit code {code}"
     hint = _HINTS[exit_class]
     detail = f": {tail}" if tail else ""
@@ -274,8 +279,24 @@ def _read_nanobox_result(payload: HookPayload, outcome: ExecResult) -> HookResul
     return HookResult(data=data)
 
 
-def stderr_tail(stderr: bytes, *, lines: int = _STDERR_TAIL_LINES) -> str:
-    """The last few lines of a hook's stderr, as text for a message."""
-    text = stderr.decode("utf-8", errors="replace").strip()
+def stderr_tail(
+    stderr: bytes,
+    *,
+    lines: int = _STDERR_TAIL_LINES,
+    secrets: Collection[str] = (),
+    truncated: bool = False,
+) -> str:
+    """The last few lines of a hook's stderr, at most `STDERR_TAIL_CHARS`
+    characters, secrets masked, as text for a message.
 
-    return "\n".join(text.splitlines()[-lines:])
+    Args:
+        truncated: Whether ``stderr`` lost its start to the capture's cap
+            (then a secret may begin before it).
+    """
+    text = stderr.decode("utf-8", errors="replace")
+    text = mask_secrets(text, secrets, cut_before=truncated).strip()
+    tail = "\n".join(text.splitlines()[-lines:])
+    if len(tail) > STDERR_TAIL_CHARS:
+        tail = "[cut] " + tail[-STDERR_TAIL_CHARS:]
+
+    return tail

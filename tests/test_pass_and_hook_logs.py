@@ -12,6 +12,8 @@ from structlog.testing import capture_logs
 from supervisor_support import LIMIT, PROBE, converged, kv_runtime, service_spec
 
 from rolecall.actors import MAX_STDERR_LINES, StderrForwarder
+from rolecall.actors._hook_stderr import MAX_STDERR_LINE_CHARS
+from rolecall.actors._hooks import STDERR_TAIL_CHARS, stderr_tail
 from rolecall.hooks_protocol import HookName
 from rolecall.supervisor import open_supervisor
 from rolecall.supervisor._controller import ServiceController
@@ -170,3 +172,62 @@ class TestForwarder:
 
         (line,) = logs
         assert line["line"] == "x" * 1000 + " [cut]"
+
+
+class TestSecretsAtCuts:
+    """A cut never leaves a piece of a secret behind, wherever it falls."""
+
+    @pytest.mark.parametrize("offset", range(-len(SECRET), 3))
+    def test_a_secret_across_the_line_cut_leaves_nothing(self, offset: int) -> None:
+        """Wherever the secret sits around the 1,000-character cut, no piece
+        of it is logged."""
+        lead = b"y" * (MAX_STDERR_LINE_CHARS + offset)
+        with capture_logs() as logs:
+            forwarder = StderrForwarder(structlog.get_logger("test"), {}, [SECRET])
+            forwarder.feed(lead + SECRET.encode() + b"\n")
+            forwarder.close()
+
+        (line,) = logs
+        assert not _pieces_of(SECRET) & _substrings(line["line"])
+
+    @pytest.mark.parametrize("offset", range(-len(SECRET), 3))
+    def test_a_secret_across_the_buffer_bound_leaves_nothing(self, offset: int) -> None:
+        """A secret split by the line buffer's own byte bound (multi-byte
+        text, so that bound falls inside the kept characters) is masked."""
+        lead = "é" * ((MAX_STDERR_LINE_CHARS * 4 + offset) // 2)
+        with capture_logs() as logs:
+            forwarder = StderrForwarder(structlog.get_logger("test"), {}, [SECRET])
+            forwarder.feed((lead + SECRET + "tail\n").encode())
+            forwarder.close()
+
+        (line,) = logs
+        assert not _pieces_of(SECRET) & _substrings(line["line"])
+
+    @pytest.mark.parametrize("kept", range(3, len(SECRET)))
+    def test_a_tail_whose_start_was_cut_masks_the_secrets_end(self, kept: int) -> None:
+        """The capture keeps the end of a long stderr: a secret whose start
+        fell off leaves no piece in the error's tail."""
+        stderr = (SECRET[-kept:] + "\nfailed\n").encode()
+
+        tail = stderr_tail(stderr, secrets=[SECRET], truncated=True)
+
+        assert tail == "***\nfailed"
+
+    def test_a_flooding_line_is_quoted_short(self) -> None:
+        """One huge line does not make the error as long as the capture."""
+        tail = stderr_tail(b"z" * 65_536, secrets=[SECRET])
+
+        assert tail == "[cut] " + "z" * STDERR_TAIL_CHARS
+
+
+def _pieces_of(secret: str) -> set[str]:
+    """Every piece of ``secret`` of three characters or more."""
+    return {
+        secret[i:j] for i in range(len(secret)) for j in range(i + 3, len(secret) + 1)
+    }
+
+
+def _substrings(text: str) -> set[str]:
+    return {
+        text[i : i + n] for n in range(3, len(SECRET) + 1) for i in range(len(text))
+    }
