@@ -191,6 +191,13 @@ class ControlServer:
             _log.warning("control_request_refused", code=error.code, error=str(error))
             await _send_error(stream, error.code, str(error))
             keep = False
+        except RolecallError as error:
+            # Anything else of the one error tree an operation raises before
+            # it starts (a spec its arguments make invalid, say) is answered
+            # too: a request never goes without a reply.
+            message = self.runner.redactor.mask(str(error))
+            await _send_error(stream, _code(error), message)
+            keep = True
 
         _log.debug(
             "control_request",

@@ -279,7 +279,12 @@ class Runner:
     def conversion_steps(
         self, service: str, topology: str, replicas: int | None
     ) -> int | None:
-        """How many steps converting ``service`` should take, if known."""
+        """How many steps converting ``service`` should take, if known.
+
+        Raises:
+            SpecError: The conversion asks for a spec rolecall refuses (a
+                replica count out of range): refused before it starts.
+        """
         try:
             spec = self.supervisor.status(service)
             target = ServiceSpec(

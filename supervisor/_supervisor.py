@@ -335,7 +335,12 @@ class Supervisor:
         service not managed yet plans from nothing. Progress reports use
         the count; a pass may take more steps when what it observes
         changes meanwhile.
+
+        Raises:
+            SpecError: ``spec`` is not valid (checked first: planning a
+                billion replicas would hold the event loop for minutes).
         """
+        validate_spec(spec)
         controller = self.controllers.get(spec.name)
         if controller is None:
             return plan_steps(spec, [], next_number=1)

@@ -253,6 +253,23 @@ class TestOperations:
         assert after["services"] == []
         assert left == []
 
+    async def test_a_convert_to_a_billion_replicas_is_refused_at_once(
+        self, tmp_path: Path
+    ) -> None:
+        """An out-of-range replica count is refused before anything plans
+        for it; the runner answers the next request as before."""
+        async with running(tmp_path) as lab, open_control_client(lab.socket) as client:
+            stream = client.stream(
+                "convert", service="cache", topology="redundant", replicas=10**9
+            )
+            with anyio.fail_after(LIMIT), pytest.raises(ControlError) as caught:
+                await anext(stream)
+            again = await client.request("status", service="cache")
+
+        assert caught.value.code == "refused"
+        assert "asks for 1000000000 replicas: use 1 to 16" in str(caught.value)
+        assert again["services"][0]["topology"] == "standalone"
+
     async def test_an_unknown_service_is_an_error_on_an_open_connection(
         self, tmp_path: Path
     ) -> None:
