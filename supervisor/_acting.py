@@ -55,12 +55,17 @@ from ._reconciler import (
 )
 from ._service_record import ChangeRecord
 
-__all__ = ["FENCE_TIMEOUT", "Acting"]
+__all__ = ["FENCE_TIMEOUT", "RESTART_TIMEOUT", "Acting"]
 
 _log = structlog.get_logger("rolecall.supervisor")
 
 FENCE_TIMEOUT = 30.0
 """Seconds a fence (kill, then a look that it is down) may take."""
+
+RESTART_TIMEOUT = 60.0
+"""Seconds a container restart may take. An engine wedged on one container
+(docker/for-linux#891) would otherwise hold the service's controller, and
+with it the failover of a lost writer, for as long as the wedge lasts."""
 
 _FENCED = frozenset(
     {ContainerState.EXITED, ContainerState.DEAD, ContainerState.CREATED}
@@ -206,10 +211,20 @@ class Acting(Observing):
         was = "unresponsive" if member.unresponsive else f"exit code {member.exit_code}"
         member.changing = True
         try:
-            with anyio.CancelScope(shield=True):
+            # Shielded, so a restart is not cut half-way by the pass's own
+            # cancellation; bounded, so a wedged engine cannot hold it.
+            with anyio.move_on_after(RESTART_TIMEOUT, shield=True) as deadline:
                 await self.spawner.restart(self.spec, self.plan, member)
         finally:
             member.changing = False
+
+        if deadline.cancelled_caught:
+            raise EngineError(
+                f"could not restart member {member_id!r}: the engine did not"
+                f" start its container within {RESTART_TIMEOUT:g}s (see `docker"
+                " inspect` of it); the next pass tries again, other members are"
+                " handled meanwhile"
+            )
 
         member.actor.container_restarted()
         member.alive = True

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 from supervisor_support import (
+    KV,
     LIMIT,
     PROBE,
     Lag,
@@ -25,8 +26,14 @@ from supervisor_support import (
 
 from rolecall.actors import ActorState
 from rolecall.hooks_protocol import HookName, Role
-from rolecall.supervisor import open_supervisor
-from rolecall.testing import KV_DATA_PATH, FakeHook, FakeHookCall, fake_kv_image
+from rolecall.supervisor import ServiceEvent, _acting, open_supervisor
+from rolecall.testing import (
+    KV_DATA_PATH,
+    FakeHook,
+    FakeHookCall,
+    FakeRuntime,
+    fake_kv_image,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -351,3 +358,50 @@ def _never_syncs(name: str) -> dict[str, FakeHook]:
         }
 
     return {**hooks, HookName.ROLE: role, HookName.STATUS: status}
+
+
+class _WedgedRuntime(FakeRuntime):
+    """An engine that never finishes starting the containers in `wedged`,
+    as one wedged on a container does (docker/for-linux#891)."""
+
+    wedged: set[str]
+
+    async def start_container(self, container_id: str) -> None:
+        if container_id in getattr(self, "wedged", set()):
+            await anyio.sleep_forever()
+
+        await super().start_container(container_id)
+
+
+class TestWedgedEngine:
+    """A restart the engine never finishes holds up nothing else."""
+
+    async def test_a_lost_writer_fails_over_while_a_replicas_restart_hangs(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With one replica's restart hanging, killing the primary still
+        promotes the other replica; the hung restart is reported."""
+        monkeypatch.setattr(_acting, "RESTART_TIMEOUT", 0.5)
+        runtime = _WedgedRuntime()
+        runtime.add_image(KV, hooks=fake_kv_image())
+        spec = service_spec(topology="redundant", replicas=2)
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                async with supervisor.open_timeline() as events:
+                    await supervisor.apply(spec)
+                    before = await supervisor.wait_converged("cache", timeout=LIMIT)
+                    stuck = before.member("cache-3").container_id
+                    runtime.wedged = {stuck}
+                    runtime.crash(stuck)
+                    runtime.crash(before.member("cache-1").container_id)
+                    seen: list[ServiceEvent] = []
+                    async for event in events:
+                        seen.append(event)
+                        kinds = {e.kind for e in seen}
+                        if {"failover", "step_failed"} <= kinds:
+                            break
+                after = supervisor.status("cache")
+
+        failed = [e.detail for e in seen if e.kind == "step_failed"]
+        assert after.primary == "cache-2"
+        assert any("could not restart member 'cache-3'" in d for d in failed)
