@@ -68,7 +68,16 @@ class ControlClient:
                 protocol, or closed the connection.
         """
         args = {key: value for key, value in args.items() if value is not None}
-        await send_frame(self._stream, {"op": op, **args})
+        try:
+            await send_frame(self._stream, {"op": op, **args})
+        except (anyio.BrokenResourceError, OSError):
+            # The runner may have refused the connection (busy, forbidden)
+            # and closed it before the request went out: its reply, if
+            # any, is waiting to be read, and `_next` raises it.
+            frame = await self._next()
+            yield "result", _outcome(frame)
+            return
+
         while True:
             frame = await self._next()
             for kind in _STREAMED:

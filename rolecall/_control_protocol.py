@@ -91,28 +91,38 @@ async def send_frame(stream: ByteSendStream, message: dict[str, Any]) -> None:
 
 
 async def read_frame(
-    stream: BufferedByteReceiveStream, *, timeout: float | None = None
+    stream: BufferedByteReceiveStream,
+    *,
+    timeout: float | None = None,
+    first_byte_timeout: float | None = None,
 ) -> dict[str, Any] | None:
     """Read one frame; ``None`` when the peer closed between frames.
 
     Args:
         stream: The connection.
-        timeout: Seconds the frame may take once its first byte came; the
-            wait for that first byte has no deadline.
+        timeout: Seconds the frame may take once its first byte came.
+        first_byte_timeout: Seconds to wait for that first byte; no
+            deadline when ``None``. Only with ``timeout``.
 
     Raises:
         RequestError: The length is over the limit, the peer closed inside
-            a frame, the frame took longer than ``timeout``, or the body is
-            not one msgpack map.
+            a frame, the frame took longer than ``timeout`` or did not
+            begin within ``first_byte_timeout``, or the body is not one
+            msgpack map.
     """
     if timeout is None:
         return await _read_frame(stream)
 
     if not stream.buffer:
         try:
-            stream.feed_data(await stream.receive())
+            with anyio.fail_after(first_byte_timeout):
+                stream.feed_data(await stream.receive())
         except anyio.EndOfStream:
             return None
+        except TimeoutError:
+            raise RequestError(
+                f"no request within {first_byte_timeout:g} s", code="timeout"
+            ) from None
 
     try:
         with anyio.fail_after(timeout):

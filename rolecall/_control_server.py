@@ -56,6 +56,11 @@ _MAX_CONNECTIONS = 32
 _QUEUED = 4  # requests read ahead of the one being answered
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _READ_TIMEOUT = 30.0  # seconds for a whole request frame to arrive
+_FIRST_REQUEST_TIMEOUT = 10.0
+"""Seconds a new connection may take to begin its first request. Slots are
+few (`_MAX_CONNECTIONS`): connections that never ask anything must not hold
+them and lock every other client out. Later waits between requests have no
+deadline: a client that asked once is a client."""
 _SEND_TIMEOUT = 10.0  # seconds for a client to take one reply frame
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Events that end one step of a reconciler's plan (see pending_steps).
@@ -452,10 +457,16 @@ async def _read_requests(
     """
     try:
         async with requests:
+            first_byte_timeout: float | None = _FIRST_REQUEST_TIMEOUT
             while True:
                 try:
                     with anyio.CancelScope(shield=True):
-                        request = await read_frame(receive, timeout=_READ_TIMEOUT)
+                        request = await read_frame(
+                            receive,
+                            timeout=_READ_TIMEOUT,
+                            first_byte_timeout=first_byte_timeout,
+                        )
+                    first_byte_timeout = None
                 except RequestError as error:
                     await requests.send(error)
                     return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import frozen
 from supervisor_support import LIMIT, PROBE, kv_runtime
 
+from rolecall import _control_server
 from rolecall._control_client import open_control_client
 from rolecall._control_protocol import FRAME_LIMIT, read_frame
 from rolecall._errors import ControlError
@@ -378,6 +379,43 @@ class TestBadInput:
         assert reply["ok"] is False
         assert reply["error"]["code"] == code
         assert [s["name"] for s in after["services"]] == ["cache"]
+
+    async def test_silent_connections_lose_their_slot_and_others_get_in(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Connections that never send a request are answered `timeout` and
+        closed, so they cannot hold every slot and lock clients out."""
+        monkeypatch.setattr(_control_server, "_FIRST_REQUEST_TIMEOUT", 0.3)
+        async with running(tmp_path) as lab, AsyncExitStack() as idle:
+            silent = [
+                await idle.enter_async_context(await anyio.connect_unix(lab.socket))
+                for _ in range(_control_server._MAX_CONNECTIONS)
+            ]
+            with anyio.fail_after(LIMIT):
+                replies = [
+                    await read_frame(BufferedByteReceiveStream(s)) for s in silent
+                ]
+                after = await request(lab, "status")
+
+        assert {r["error"]["code"] for r in replies if r is not None} == {"timeout"}
+        assert [s["name"] for s in after["services"]] == ["cache"]
+
+    async def test_a_client_refused_as_busy_gets_that_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With every slot taken, a request fails with `busy`, whether the
+        runner's refusal arrives before or after the request went out."""
+        monkeypatch.setattr(_control_server, "_MAX_CONNECTIONS", 1)
+        async with (
+            running(tmp_path) as lab,
+            await anyio.connect_unix(lab.socket),
+            open_control_client(lab.socket) as client,
+        ):
+            await anyio.sleep(0.1)  # lets the runner count the first connection
+            with anyio.fail_after(LIMIT), pytest.raises(ControlError) as caught:
+                await client.request("status")
+
+        assert caught.value.code == "busy"
 
     async def test_a_frame_at_the_limit_is_read_and_refused_by_shape(
         self, tmp_path: Path
