@@ -22,6 +22,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiodocker
 import aiohttp
+import anyio
+import structlog
 from aiodocker.volumes import DockerVolume
 
 from ..hooks_protocol._errors import ContainerGoneError, EngineError
@@ -33,6 +35,7 @@ from ._docker_records import (
     _label_filters,
     _own_labels,
     _str_dict,
+    _summary_info,
 )
 from ._runtime import (
     LABEL_PREFIX,
@@ -42,7 +45,13 @@ from ._runtime import (
     ImageInfo,
 )
 
-__all__ = ["DockerRuntime", "open_docker_runtime"]
+__all__ = ["INSPECT_DEADLINE", "DockerRuntime", "open_docker_runtime"]
+
+_log = structlog.get_logger("rolecall.actors")
+
+INSPECT_DEADLINE = 10.0
+"""Seconds `DockerRuntime.list_containers` waits for one container's inspect
+before it describes that container from the listing instead."""
 
 
 class DockerRuntime(_DockerExec):
@@ -146,10 +155,21 @@ class DockerRuntime(_DockerExec):
 
         infos = []
         for container in found:
-            try:
-                infos.append(await self.inspect_container(container.id))
-            except ContainerGoneError:
-                continue
+            # An engine wedged on one container (docker/for-linux#891)
+            # never answers its inspect: the listing's own description
+            # stands in, so one such container cannot hang every caller.
+            with anyio.move_on_after(INSPECT_DEADLINE) as deadline:
+                try:
+                    infos.append(await self.inspect_container(container.id))
+                except ContainerGoneError:
+                    continue
+            if deadline.cancelled_caught:
+                _log.warning(
+                    "container_inspect_timed_out",
+                    container_id=container.id[:12],
+                    deadline_s=INSPECT_DEADLINE,
+                )
+                infos.append(_summary_info(container._container))
 
         return infos
 

@@ -93,6 +93,33 @@ def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
     )
 
 
+def _summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
+    """A container as a listing describes it: no exit code or OOM flag,
+    which only an inspect gives. Used when the inspect does not answer."""
+    names = summary.get("Names") or [""]
+    try:
+        status = ContainerState(str(summary.get("State")))
+    except ValueError as exc:
+        raise EngineError(
+            f"the engine reported an unknown container state: {summary.get('State')!r}"
+        ) from exc
+
+    published = {}
+    for port in summary.get("Ports") or ():
+        local = port.get("Type") == "tcp" and port.get("IP") == "127.0.0.1"
+        if local and port.get("PublicPort"):
+            published[int(port["PrivatePort"])] = int(port["PublicPort"])
+
+    return ContainerInfo(
+        id=str(summary["Id"]),
+        name=str(names[0]).lstrip("/"),
+        image=str(summary.get("Image") or ""),
+        labels=_str_dict(summary.get("Labels")),
+        state=status,
+        host_ports=published,
+    )
+
+
 def _host_ports(ports: object) -> dict[int, int]:
     """Container TCP port -> its port published on 127.0.0.1."""
     if not isinstance(ports, Mapping):

@@ -12,12 +12,14 @@ import pytest
 from docker_support import DockerLab
 
 from rolecall.actors import (
+    ContainerInfo,
     ContainerRuntime,
     ContainerSpec,
     ContainerState,
     DockerRuntime,
     EngineEvent,
     ExecResult,
+    _docker,
     open_docker_runtime,
 )
 from rolecall.hooks_protocol import (
@@ -239,6 +241,36 @@ class TestContainers:
 
         found = await docker_runtime.list_containers(labels=marked)
         assert [info.id for info in found] == [listed.id]
+
+    async def test_a_container_whose_inspect_hangs_is_listed_from_the_listing(
+        self,
+        docker_runtime: DockerRuntime,
+        docker_labels: DockerLab,
+        busybox_image: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """An inspect that never answers (an engine wedged on the container)
+        does not hang the listing: the listing's description stands in, the
+        same as the inspect's but for the exit code and OOM flag."""
+        spec = _spec(docker_labels, busybox_image, published_ports=(6379,))
+        created = await docker_runtime.create_container(spec)
+        await docker_runtime.start_container(created.id)
+        inspected = await docker_runtime.inspect_container(created.id)
+
+        async def wedged(container_id: str) -> ContainerInfo:
+            await anyio.sleep_forever()
+            raise AssertionError  # unreachable: sleep_forever never returns
+
+        monkeypatch.setattr(docker_runtime, "inspect_container", wedged)
+        monkeypatch.setattr(_docker, "INSPECT_DEADLINE", 0.2)
+        with anyio.fail_after(30):
+            (listed,) = await docker_runtime.list_containers(
+                labels=docker_labels.labels
+            )
+
+        assert listed == inspected
+        assert listed.state is ContainerState.RUNNING
+        assert listed.host_ports[6379] > 0
 
     async def test_missing_container_is_gone(
         self, docker_runtime: DockerRuntime
