@@ -106,7 +106,8 @@ class Runner:
 
         Services whose entry did not change since the last accepted file
         are left alone, so a conversion asked through the control API
-        lasts until the entry itself changes. Services gone from the file
+        lasts until the entry itself changes; one that supervision gave
+        up on is taken up again as it stands. Services gone from the file
         are released: no longer managed, left running. A service new to
         the runner adopts its containers on the engine.
 
@@ -137,6 +138,13 @@ class Runner:
 
         for name in sorted(changed):
             await self.supervisor.apply(specs[name], resume=resume)
+
+        # A service supervision gave up on is taken up again by a reload
+        # even when its entry did not change: that is what its failure
+        # message tells the user to do.
+        for name in sorted(set(spec_file.services) - changed):
+            if name in self.supervisor.controllers and self.supervisor.take_up(name):
+                changed.add(name)
 
         for name in sorted(set(self.entries) - set(spec_file.services)):
             if name in self.supervisor.controllers:

@@ -247,6 +247,24 @@ class Supervisor:
         await self.runtime.remove_network(network_name(service))
         _log.info("service_removed", service=service)
 
+    def take_up(self, service: str) -> bool:
+        """Take up a service supervision gave up on, its desired state as
+        it stands (a conversion included).
+
+        Returns:
+            Whether it had been given up.
+
+        Raises:
+            SpecError: No such service.
+        """
+        controller = self._controller(service)
+        if controller.failure is None:
+            return False
+
+        controller.update(controller.spec, converting=True)
+        _log.info("service_taken_up", service=service)
+        return True
+
     async def release(self, service: str) -> None:
         """Stop managing a service and leave it running.
 

@@ -38,6 +38,7 @@ from rolecall.hooks_protocol import (
     MailboxFullError,
     Role,
     SpecError,
+    Topology,
 )
 from rolecall.supervisor import (
     RestartKind,
@@ -349,6 +350,44 @@ class TestGivingUp:
 
         assert after.failure is None
         assert after.member("loop-1").role is Role.STANDALONE
+
+    async def test_take_up_restarts_a_failed_service_keeping_its_conversion(
+        self,
+    ) -> None:
+        """`take_up` clears the failure of a service as it stands: a
+        conversion made since its spec was applied is kept."""
+        crashing = {"on": False}
+
+        def start(call: FakeHookCall) -> dict[str, Any]:
+            if crashing["on"]:
+                call.runtime.crash(call.container.id, exit_code=1)
+            return {}
+
+        runtime = kv_runtime(loop=_image(start=start))
+        spec = service_spec(
+            "loop", image="loop:fake", supervision={**_fast(), "max_restarts": 1}
+        )
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                await supervisor.convert("loop", "redundant", timeout=LIMIT)
+                untouched = supervisor.take_up("loop")
+                crashing["on"] = True
+                writer = supervisor.status("loop").writer
+                assert writer is not None
+                runtime.crash(writer.container_id)
+                await until(events, "service_failed", service="loop")
+                crashing["on"] = False
+                taken = supervisor.take_up("loop")
+                after = await supervisor.wait_converged("loop")
+
+        assert (untouched, taken) == (False, True)
+        assert after.failure is None
+        assert after.topology is Topology.REDUNDANT
+        assert len(after.members) == 2
 
     async def test_an_unexpected_error_in_a_pass_is_contained(self) -> None:
         """A runtime raising KeyError in one service's listing is reported as a
