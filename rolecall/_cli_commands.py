@@ -7,6 +7,7 @@ raised and turned into one line by ``_cli``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
@@ -141,9 +142,14 @@ async def _long_operation(args: argparse.Namespace) -> int:
                         group.cancel_scope.cancel()
 
                 group.start_soon(on_interrupt)
-                _say(_title(op, args))
+                titled = False
                 async with aclosing(client.stream(op, **request)) as frames:
                     async for kind, data in frames:
+                        # Once the runner took the request: a refusal (an
+                        # unknown service) is the one line printed.
+                        if not titled:
+                            _say(_title(op, args))
+                            titled = True
                         if kind == "progress":
                             _say(progress_line(data))
                         elif kind == "result":
@@ -154,10 +160,12 @@ async def _long_operation(args: argparse.Namespace) -> int:
     if not interrupted:
         return EXIT_OK
 
+    # The commands to run next name the same runner as this one did.
+    where = f" --state-dir {shlex.quote(str(args.state_dir))}" if args.state_dir else ""
     _say(
         f"rolecall: interrupted; the runner goes on with the {_LONG[op]} of"
-        f" {args.service}: follow it with `rolecall events --follow`, check"
-        " it with `rolecall status`",
+        f" {args.service}: follow it with `rolecall events --follow{where}`,"
+        f" check it with `rolecall status{where}`",
         err=True,
     )
     return EXIT_INTERRUPTED

@@ -3,6 +3,7 @@ kind of bad input, answered by a runner running in the test's event loop."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from attrs import frozen
 from supervisor_support import LIMIT, PROBE, kv_runtime
 
 from rolecall import _control_server
+from rolecall._cli_commands import _long_operation
 from rolecall._control_client import open_control_client
 from rolecall._control_protocol import FRAME_LIMIT, read_frame
 from rolecall._errors import ControlError
@@ -458,3 +460,35 @@ class TestBadInput:
 
 async def _ignore_result(work: Any) -> None:
     await work
+
+
+class TestCliAgainstTheRunner:
+    """The CLI's long operations, as printed, against a runner on the fake engine."""
+
+    async def test_a_refused_convert_prints_no_header(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Converting a service the runner does not manage prints only the
+        error, not a `converting ...` line as if it had started."""
+        args = argparse.Namespace(
+            command="convert",
+            service="nope",
+            topology="redundant",
+            replicas=None,
+            timeout=None,
+            state_dir=str(tmp_path),
+        )
+        refused: list[ControlError] = []
+        async with running(tmp_path) as lab:
+            assert lab.socket.parent == tmp_path
+            with anyio.fail_after(LIMIT):
+                try:
+                    await _long_operation(args)
+                except* ControlError as group:  # the CLI's task group wraps it
+                    refused += [
+                        e for e in group.exceptions if isinstance(e, ControlError)
+                    ]
+
+        assert [e.code for e in refused] == ["unknown_service"]
+        # (The runner's own log lines share stdout in this process.)
+        assert "converting nope" not in capsys.readouterr().out

@@ -221,8 +221,8 @@ class TestRunner:
         assert code == 130
         assert said == (
             f"rolecall: interrupted; the runner goes on with the conversion of"
-            f" {service}: follow it with `rolecall events --follow`, check it"
-            " with `rolecall status`\n"
+            f" {service}: follow it with `rolecall events --follow --state-dir"
+            f" {state}`, check it with `rolecall status --state-dir {state}`\n"
         )
 
 
