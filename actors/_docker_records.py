@@ -69,15 +69,19 @@ def _container_config(spec: ContainerSpec) -> dict[str, Any]:
     return config
 
 
+def _state(value: object) -> ContainerState:
+    try:
+        return ContainerState(str(value))
+    except ValueError as exc:
+        raise EngineError(
+            f"the engine reported an unknown container state: {value!r}"
+        ) from exc
+
+
 def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
     state = raw.get("State") or {}
     config = raw.get("Config") or {}
-    try:
-        status = ContainerState(str(state.get("Status")))
-    except ValueError as exc:
-        raise EngineError(
-            f"the engine reported an unknown container state: {state.get('Status')!r}"
-        ) from exc
+    status = _state(state.get("Status"))
 
     ran = status in (ContainerState.EXITED, ContainerState.DEAD)
     code = state.get("ExitCode")
@@ -97,12 +101,7 @@ def _summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
     """A container as a listing describes it: no exit code or OOM flag,
     which only an inspect gives. Used when the inspect does not answer."""
     names = summary.get("Names") or [""]
-    try:
-        status = ContainerState(str(summary.get("State")))
-    except ValueError as exc:
-        raise EngineError(
-            f"the engine reported an unknown container state: {summary.get('State')!r}"
-        ) from exc
+    status = _state(summary.get("State"))
 
     published = {}
     for port in summary.get("Ports") or ():

@@ -410,12 +410,13 @@ class TestBadInput:
         monkeypatch.setattr(_control_server, "_MAX_CONNECTIONS", 1)
         async with (
             running(tmp_path) as lab,
-            await anyio.connect_unix(lab.socket),
-            open_control_client(lab.socket) as client,
+            open_control_client(lab.socket) as holder,
         ):
-            await anyio.sleep(0.1)  # lets the runner count the first connection
-            with anyio.fail_after(LIMIT), pytest.raises(ControlError) as caught:
-                await client.request("status")
+            # Answered, so the runner has counted it: it holds the one slot.
+            await holder.request("status")
+            async with open_control_client(lab.socket) as client:
+                with anyio.fail_after(LIMIT), pytest.raises(ControlError) as caught:
+                    await client.request("status")
 
         assert caught.value.code == "busy"
 
