@@ -14,31 +14,33 @@ client leaves.
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
+from anyio.abc import SocketListener, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
-from anyio.streams.memory import MemoryObjectSendStream
 from attrs import define, field
 
 from rolecall.hooks_protocol import (
-    ConvergenceTimeoutError,
     RolecallError,
-    SpecError,
 )
 
 from ._control_protocol import (
     RequestError,
     event_to_data,
     parse_request,
-    read_frame,
-    send_frame,
+)
+from ._control_wire import (
+    GONE,
+    error_code,
+    peer_uid,
+    read_requests,
+    send,
+    send_error,
+    send_result,
 )
 from ._errors import ControlError
 from ._runner import HISTORY
@@ -54,15 +56,6 @@ _log = structlog.get_logger("rolecall.control")
 
 _MAX_CONNECTIONS = 32
 _QUEUED = 4  # requests read ahead of the one being answered
-_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-_READ_TIMEOUT = 30.0  # seconds for a whole request frame to arrive
-_FIRST_REQUEST_TIMEOUT = 10.0
-"""Seconds a new connection may take to begin its first request. Slots are
-few (`_MAX_CONNECTIONS`): connections that never ask anything must not hold
-them and lock every other client out. Later waits between requests have no
-deadline: a client that asked once is a client."""
-_SEND_TIMEOUT = 10.0  # seconds for a client to take one reply frame
-_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Events that end one step of a reconciler's plan (see pending_steps).
 _STEP_KINDS = frozenset(
     {"member_prepared", "role_applied", "member_fenced", "member_removed"}
@@ -124,7 +117,7 @@ class ControlServer:
         # is routine, and a bug met while answering is logged with its
         # traceback and ends that connection only.
         except Exception as error:  # noqa: BLE001
-            if _only(error, _GONE):
+            if _only(error, GONE):
                 _log.debug("control_client_gone")
             else:
                 _log.exception("control_connection_failed")
@@ -138,13 +131,13 @@ class ControlServer:
 
     async def _handle(self, stream: SocketStream) -> None:
         if self.connections >= _MAX_CONNECTIONS:
-            await _send_error(stream, "busy", "too many control connections")
+            await send_error(stream, "busy", "too many control connections")
             return
 
-        uid = _peer_uid(stream)
+        uid = peer_uid(stream)
         if uid != self.allowed_uid:
             _log.warning("control_peer_refused", uid=uid)
-            await _send_error(
+            await send_error(
                 stream, "forbidden", "only the runner's own user may connect"
             )
             return
@@ -157,7 +150,7 @@ class ControlServer:
             ended = anyio.Event()
             receive = BufferedByteReceiveStream(stream)
             async with anyio.create_task_group() as group, requests:
-                group.start_soon(_read_requests, receive, send, ended)
+                group.start_soon(read_requests, receive, send, ended)
                 async for item in requests:
                     if not await self._answer(item, stream, ended):
                         break
@@ -180,7 +173,7 @@ class ControlServer:
             op, args = parse_request(item)
         except RequestError as error:
             _log.warning("control_request_refused", code=error.code, error=str(error))
-            await _send_error(stream, error.code, str(error))
+            await send_error(stream, error.code, str(error))
             return False
 
         started = time.monotonic()
@@ -188,20 +181,20 @@ class ControlServer:
             keep = await self._dispatch(op, args, stream, ended)
         except ControlError as error:
             message = self.runner.redactor.mask(str(error))
-            await _send_error(stream, error.code, message)
+            await send_error(stream, error.code, message)
             keep = True
         except RequestError as error:
             # An argument the operation itself found out of range: a bad
             # request like any other, answered before the connection closes.
             _log.warning("control_request_refused", code=error.code, error=str(error))
-            await _send_error(stream, error.code, str(error))
+            await send_error(stream, error.code, str(error))
             keep = False
         except RolecallError as error:
             # Anything else of the one error tree an operation raises before
             # it starts (a spec its arguments make invalid, say) is answered
             # too: a request never goes without a reply.
             message = self.runner.redactor.mask(str(error))
-            await _send_error(stream, _code(error), message)
+            await send_error(stream, error_code(error), message)
             keep = True
 
         _log.debug(
@@ -223,16 +216,16 @@ class ControlServer:
         service = args.get("service")
         if op == "status":
             services = runner.status_data(service)
-            await _send_result(stream, {"runner": runner.info(), "services": services})
+            await send_result(stream, {"runner": runner.info(), "services": services})
             return True
 
         if op == "plan":
-            await _send_result(stream, self._plan(args))
+            await send_result(stream, self._plan(args))
             return True
 
         if op in {"pause", "resume"}:
             assert isinstance(service, str)  # noqa: S101  (_parse checked it)
-            await _send_result(stream, self._pause(op, service))
+            await send_result(stream, self._pause(op, service))
             return True
 
         if op == "events":
@@ -344,12 +337,12 @@ class ControlServer:
 
         if operation.error is not None:
             message = self.runner.redactor.mask(str(operation.error))
-            await _send_error(stream, _code(operation.error), message)
+            await send_error(stream, error_code(operation.error), message)
             return True
 
         elapsed = time.monotonic() - operation.started
         reply = {"ok": True, "result": operation.result, "elapsed": elapsed}
-        await _send(stream, reply)
+        await send(stream, reply)
 
         return True
 
@@ -376,10 +369,10 @@ class ControlServer:
             recorded = list(self.runner.history)
             shown = [e for _, e in recorded if service in {None, e.service}]
             for event in shown[len(shown) - backlog :] if backlog else []:
-                await _send(stream, {"event": event_to_data(event)})
+                await send(stream, {"event": event_to_data(event)})
 
             if not args.get("follow", False):
-                await _send_result(stream, {"count": min(backlog, len(shown))})
+                await send_result(stream, {"count": min(backlog, len(shown))})
                 return True
 
             # Recorded already means sent already (or older than the
@@ -390,7 +383,7 @@ class ControlServer:
                 async for event in live:
                     if id(event) in seen or service not in {None, event.service}:
                         continue
-                    await _send(stream, {"event": event_to_data(event)})
+                    await send(stream, {"event": event_to_data(event)})
 
         return False
 
@@ -434,8 +427,8 @@ class _Progress:
             "event": event_to_data(event),
         }
         try:
-            await _send(self.stream, {"progress": progress})
-        except _GONE:
+            await send(self.stream, {"progress": progress})
+        except GONE:
             self.gone = True
             _log.info(
                 "control_client_left",
@@ -443,42 +436,6 @@ class _Progress:
                 service=operation.service,
                 outcome="the operation goes on",
             )
-
-
-async def _read_requests(
-    receive: BufferedByteReceiveStream,
-    requests: MemoryObjectSendStream[dict[str, Any] | RequestError],
-    ended: anyio.Event,
-) -> None:
-    """Read requests into ``requests`` until the input ends or breaks.
-
-    A bad frame is queued as its error, and ends the reading. Reads are
-    shielded from cancellation; closing the connection ends them.
-    """
-    try:
-        async with requests:
-            first_byte_timeout: float | None = _FIRST_REQUEST_TIMEOUT
-            while True:
-                try:
-                    with anyio.CancelScope(shield=True):
-                        request = await read_frame(
-                            receive,
-                            timeout=_READ_TIMEOUT,
-                            first_byte_timeout=first_byte_timeout,
-                        )
-                    first_byte_timeout = None
-                except RequestError as error:
-                    await requests.send(error)
-                    return
-
-                if request is None:
-                    return
-
-                await requests.send(request)
-    except _GONE:
-        return
-    finally:
-        ended.set()
 
 
 async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -495,50 +452,5 @@ def _only(error: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
     return isinstance(error, kinds)
 
 
-def _peer_uid(stream: SocketStream) -> int | None:
-    raw = stream.extra(SocketAttribute.raw_socket, None)  # noqa: S610  (anyio, not Django)
-    if raw is None or raw.family != socket.AF_UNIX:
-        return None
-
-    data = raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
-    _pid, uid, _gid = _CREDS.unpack(data)
-
-    return int(uid)
-
-
-def _code(error: BaseException) -> str:
-    if isinstance(error, ControlError):
-        return error.code
-
-    if isinstance(error, ConvergenceTimeoutError):
-        return "timeout"
-
-    if isinstance(error, SpecError):
-        return "refused"
-
-    if isinstance(error, RolecallError):
-        return "failed"
-
-    return "internal"
-
-
 def _shown(args: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in args.items() if key != "service"}
-
-
-async def _send(stream: SocketStream, message: dict[str, Any]) -> None:
-    """Send one whole frame: a cancellation never cuts one in two.
-
-    A client that reads nothing for `_SEND_TIMEOUT` seconds loses its
-    connection (TimeoutError, an OSError, ends it).
-    """
-    with anyio.CancelScope(shield=True), anyio.fail_after(_SEND_TIMEOUT):
-        await send_frame(stream, message)
-
-
-async def _send_result(stream: SocketStream, result: dict[str, Any]) -> None:
-    await _send(stream, {"ok": True, "result": result})
-
-
-async def _send_error(stream: SocketStream, code: str, message: str) -> None:
-    await _send(stream, {"ok": False, "error": {"code": code, "message": message}})

@@ -18,7 +18,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import frozen
 from supervisor_support import LIMIT, PROBE, kv_runtime
 
-from rolecall import _control_server
+from rolecall import _control_server, _control_wire
 from rolecall._cli_commands import _long_operation
 from rolecall._control_client import open_control_client
 from rolecall._control_protocol import FRAME_LIMIT, read_frame
@@ -387,7 +387,7 @@ class TestBadInput:
     ) -> None:
         """Connections that never send a request are answered `timeout` and
         closed, so they cannot hold every slot and lock clients out."""
-        monkeypatch.setattr(_control_server, "_FIRST_REQUEST_TIMEOUT", 0.3)
+        monkeypatch.setattr(_control_wire, "FIRST_REQUEST_TIMEOUT", 0.3)
         async with running(tmp_path) as lab, AsyncExitStack() as idle:
             silent = [
                 await idle.enter_async_context(await anyio.connect_unix(lab.socket))
