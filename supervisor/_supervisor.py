@@ -7,9 +7,6 @@ dies, and publishes a timeline of what it did.
 
 from __future__ import annotations
 
-import hashlib
-import math
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,28 +20,21 @@ from attrs import define, evolve, field
 from rolecall.actors import (
     ActorSpawner,
     ContainerRuntime,
-    ContainerSpec,
     HookConvention,
-    run_hook,
 )
 from rolecall.hooks_protocol import (
-    EngineError,
-    HookName,
-    HookPayload,
-    ImageNotFoundError,
-    MemberInfo,
     Plan,
-    RolecallError,
     SpecError,
     Topology,
-    plan_from_data,
 )
 
 from ._controller import ServiceController
 from ._durable import load_records, snapshot
+from ._engine_watch import forward_engine_events
 from ._journal import Journal
 from ._members import MemberSpawner
-from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE, network_name
+from ._naming import LABEL_MANAGED, LABEL_SERVICE, network_name
+from ._plan_probe import read_plan
 from ._reconciler import Step, plan_steps
 from ._records import ServiceEvent, ServiceStatus
 from ._service_record import ServiceRecord
@@ -61,10 +51,6 @@ __all__ = ["Supervisor", "open_supervisor"]
 _log = structlog.get_logger("rolecall.supervisor")
 
 _EVENT_BUFFER = 1024
-_RECONNECT_FIRST = 0.2
-_RECONNECT_CAP = 10.0
-_PLAN_PROBE_TIMEOUT = 60.0
-_DEATH_ACTIONS = frozenset({"die", "oom", "kill", "stop", "destroy", "start"})
 
 
 @define(eq=False)
@@ -391,109 +377,24 @@ class Supervisor:
     # -- plans ---------------------------------------------------------------
 
     async def probe_plan(self, spec: ServiceSpec) -> tuple[Plan, HookConvention]:
-        """Run the image's ``plan`` hook in a short-lived container.
-
-        The plan is a property of the image, so it is read once per image,
-        in a container that belongs to no service.
+        """The image's plan, read once per image (see `read_plan`).
 
         Raises:
             SpecError: The image is missing or its plan is unreadable.
         """
         cached = self.plans.get(spec.image)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self.plans[spec.image] = await read_plan(self.runtime, spec)
 
-        try:
-            image = await self.runtime.inspect_image(spec.image)
-        except ImageNotFoundError as error:
-            raise SpecError(
-                f"image {spec.image!r} of service {spec.name!r} is not on the"
-                f" engine at {self.runtime.address}: build or load it first"
-                " (`rolecall demo` builds the example images)",
-                service=spec.name,
-            ) from error
-
-        convention = HookConvention.from_image(image)
-        plan = await self._run_plan_probe(spec, image.id, convention)
-        self.plans[spec.image] = (plan, convention)
-
-        return plan, convention
-
-    async def _run_plan_probe(
-        self, spec: ServiceSpec, image_id: str, convention: HookConvention
-    ) -> Plan:
-        # Known gap: a control plane killed while this container exists
-        # leaves it behind (label managed=plan-probe). Adoption does not
-        # sweep such containers: another control plane's probe of the same
-        # image carries the same labels and may be running right now.
-        digest = hashlib.sha256(image_id.encode()).hexdigest()[:12]
-        probe = ContainerSpec(
-            name=f"rolecall-plan-{digest}-{random.randrange(1 << 30):x}",
-            image=spec.image,
-            labels={**spec.labels, LABEL_MANAGED: "plan-probe"},
-        )
-        info = await self.runtime.create_container(probe)
-        try:
-            await self.runtime.start_container(info.id)
-            payload = HookPayload(
-                hook=HookName.PLAN,
-                service=spec.name,
-                member=MemberInfo(id=f"{spec.name}-plan", role=None, address=""),
-                config=spec.config,
-                env=spec.env,
-            )
-            run = await run_hook(
-                self.runtime,
-                info.id,
-                payload,
-                convention=convention,
-                timeout=_PLAN_PROBE_TIMEOUT,
-                secrets=[spec.env[key] for key in spec.secret_keys],
-            )
-            return plan_from_data(run.result.data)
-        except RolecallError as error:
-            raise SpecError(
-                f"could not read the plan of image {spec.image!r}: {error}",
-                service=spec.name,
-            ) from error
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.runtime.remove_container(info.id)
+        return cached
 
     # -- engine events -------------------------------------------------------
 
     async def watch_engine(self) -> None:
         """Wake controllers on container events; reconnect when the stream drops."""
-        failures = 0
-        while True:
-            try:
-                async with self.runtime.open_event_stream(
-                    labels={LABEL_MANAGED: "true"}
-                ) as events:
-                    failures = 0
-                    self._wake_all()  # resync: something may have changed
-                    async for event in events:
-                        if event.action not in _DEATH_ACTIONS:
-                            continue
-                        controller = self.controllers.get(
-                            event.labels.get(LABEL_SERVICE, "")
-                        )
-                        if controller is not None:
-                            controller.member_changed(
-                                event.labels.get(LABEL_MEMBER, "")
-                            )
-            except EngineError as error:
-                failures += 1
-                delay = min(_RECONNECT_FIRST * math.pow(2, failures), _RECONNECT_CAP)
-                _log.warning(
-                    "engine_events_lost", error=str(error), retry_in=round(delay, 2)
-                )
-                await anyio.sleep(delay * random.uniform(0.8, 1.2))
-                continue
-
-            failures += 1
-            _log.warning("engine_events_ended")
-            await anyio.sleep(min(_RECONNECT_FIRST * failures, _RECONNECT_CAP))
+        await forward_engine_events(
+            self.runtime, self.controllers, on_resync=self._wake_all
+        )
 
     def _wake_all(self) -> None:
         for controller in self.controllers.values():
