@@ -24,7 +24,12 @@ from ._container_messages import (
     Superseded,
 )
 from ._docker import DockerRuntime, open_docker_runtime
-from ._hook_stderr import MAX_STDERR_LINE_CHARS, MAX_STDERR_LINES, StderrForwarder
+from ._hook_stderr import (
+    MAX_STDERR_LINE_CHARS,
+    MAX_STDERR_LINES,
+    StderrForwarder,
+    mask_secrets,
+)
 from ._hooks import HookConvention, HookRun, run_hook, stderr_tail
 from ._mailbox import DEFAULT_CAPACITY, Mailbox, MailboxStatistics, OverflowPolicy
 from ._runtime import (
@@ -75,6 +80,7 @@ __all__ = [
     "StderrForwarder",
     "StopService",
     "Superseded",
+    "mask_secrets",
     "open_docker_runtime",
     "open_spawner",
     "run_hook",

@@ -14,11 +14,11 @@ from typing import Any, TextIO
 import structlog
 from attrs import define, field
 
+from rolecall.actors import mask_secrets
+
 __all__ = ["LOG_LEVELS", "Redactor", "configure_logging"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-_MASK = "***"
 
 
 @define
@@ -41,10 +41,7 @@ class Redactor:
 
     def mask(self, text: str) -> str:
         """``text`` with every secret value replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, _MASK)
-
-        return text
+        return mask_secrets(text, self._secrets)
 
     def __call__(
         self, logger: object, method: str, event: MutableMapping[str, Any]
