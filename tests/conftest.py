@@ -24,4 +24,5 @@ from docker_support import (  # noqa: E402, F401
     docker_engine_gate,
     docker_labels,
     docker_runtime,
+    second_engine,
 )

@@ -20,6 +20,9 @@ Modules that drive whole services import these from here as well:
   and reused while its recipe stays the same.
 - ``nanobox_image``: a busybox image with one Nanobox-style ``plan`` hook
   whose plan offers the standalone topology only.
+- ``second_engine``: a second ``dockerd`` for the session, reached over TCP
+  with TLS client certificates (see ``second_engine.py``); stopped, and its
+  bridge deleted, when the session ends.
 
 Everything a run creates carries ``io.rolecall.test=<run id>`` and the owner
 label ``io.rolecall.test.owner=<pid>:<start time>``. The owner label makes
@@ -42,6 +45,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from attrs import frozen
+from second_engine import (
+    SecondEngine,
+    SecondEngineError,
+    start_second_engine,
+    stop_second_engine,
+)
 
 if TYPE_CHECKING:
     from rolecall.actors import DockerRuntime
@@ -60,6 +69,7 @@ __all__ = [
     "nanobox_image",
     "redis_image",
     "remove_labelled",
+    "second_engine",
 ]
 
 RUN_LABEL = "io.rolecall.test"
@@ -339,3 +349,19 @@ def nanobox_image(busybox_image: str) -> str:
         pytest.fail(f"could not build {tag}: {built.stderr.strip()}")
 
     return tag
+
+
+@pytest.fixture(scope="session")
+def second_engine(docker_engine: str) -> Iterator[SecondEngine]:
+    """A second engine for this session, on TCP with TLS; stopped at the end.
+
+    Fails under ``CI``/``ROLECALL_REQUIRE_DOCKER`` when it cannot start,
+    skips otherwise. Copy images into it with its ``load_image``.
+    """
+    try:
+        engine = start_second_engine(_OWNER)
+    except (SecondEngineError, OSError, subprocess.SubprocessError) as exc:
+        _fail_or_skip(f"no second Docker engine could start: {exc}")
+
+    yield engine
+    stop_second_engine(engine)

@@ -1,0 +1,574 @@
+"""A second Docker engine on this machine, for tests that span engines.
+
+`start_second_engine` runs a private ``dockerd`` beside the default one: its
+own data root, exec root, pid file, unix socket and bridge (with an address
+range no other route on the machine uses, and ``--iptables=false`` so it
+leaves the default engine's rules alone), and a TCP listener on 127.0.0.1
+that asks for TLS client certificates. The CA, the server certificate (for
+IP 127.0.0.1) and the client certificate are made with ``openssl`` for each
+start, in the engine's own directory.
+
+Several test sessions may run at once (other worktrees, CI): each takes one
+of a few *slots*, claimed by an atomic rename, and a slot's bridge, address
+range and port belong to it alone. A slot whose owner process has ended
+(a session killed mid-run) is cleaned up before slots are chosen: its
+``dockerd`` and managed ``containerd`` are stopped by their pid files, its
+mounts released and its bridge deleted. The data root stays, so images
+loaded once are there for the next session; containers left in it are
+removed when the engine starts.
+
+Run by hand (as root)::
+
+    python3 tests/second_engine.py start   # prints the environment to use
+    python3 tests/second_engine.py env     # prints it again
+    python3 tests/second_engine.py stop    # stops engines started by hand
+
+``eval "$(python3 tests/second_engine.py env)"`` points the ``docker`` CLI at
+it over TLS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from attrs import frozen
+
+__all__ = [
+    "SecondEngine",
+    "SecondEngineError",
+    "make_ca",
+    "start_second_engine",
+    "stop_second_engine",
+]
+
+RUN_BASE = Path("/run/rolecall-second-engine")
+DATA_BASE = Path("/var/lib/rolecall-second-engine")
+SLOTS = 6
+_PORT_BASE = 23760
+_MANUAL = "manual"
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 20.0
+_CLI_TIMEOUT = 300
+
+# The dockerd processes this process started, by slot, so that stopping
+# one also reaps it.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class SecondEngineError(Exception):
+    """The second engine could not be started or used."""
+
+
+@frozen
+class SecondEngine:
+    """A running second engine.
+
+    Attributes:
+        slot: Which slot it holds.
+        url: ``tcp://127.0.0.1:PORT``: the TLS listener.
+        socket_url: ``unix://...``: its local socket (no TLS).
+        ca: The CA certificate that signed the server's and client's.
+        cert: The client certificate.
+        key: The client certificate's key.
+        peer_address: The bridge's address: where containers of the other
+            engine reach ports published on it.
+        bridge: The bridge's name.
+        directory: Its run directory (certificates, pid file, log).
+    """
+
+    slot: int
+    url: str
+    socket_url: str
+    ca: Path
+    cert: Path
+    key: Path
+    peer_address: str
+    bridge: str
+    directory: Path
+
+    @property
+    def pidfile(self) -> Path:
+        """The ``dockerd`` pid file."""
+        return self.directory / "dockerd.pid"
+
+    def docker_env(self) -> dict[str, str]:
+        """Environment that points the ``docker`` CLI at it over TLS."""
+        return {
+            "DOCKER_HOST": self.url,
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(self.ca.parent),
+        }
+
+    def docker(self, *args: str, timeout: float = _CLI_TIMEOUT) -> str:
+        """Run the ``docker`` CLI against it (local socket); its stdout.
+
+        Raises:
+            SecondEngineError: The command failed.
+        """
+        done = subprocess.run(
+            ["docker", "-H", self.socket_url, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise SecondEngineError(
+                f"docker {' '.join(args)} on the second engine failed: "
+                f"{done.stderr.strip()}"
+            )
+
+        return done.stdout
+
+    def load_image(self, image: str) -> None:
+        """Copy ``image`` from the default engine, unless it is there already.
+
+        Raises:
+            SecondEngineError: The save or the load failed.
+        """
+        with contextlib.suppress(SecondEngineError):
+            self.docker("image", "inspect", image)
+            return
+
+        with tempfile.TemporaryFile() as archive:
+            saved = subprocess.run(
+                ["docker", "save", image],
+                stdout=archive,
+                stderr=subprocess.PIPE,
+                check=False,
+                timeout=_CLI_TIMEOUT,
+            )
+            if saved.returncode != 0:
+                raise SecondEngineError(
+                    f"docker save {image} failed: {saved.stderr.decode().strip()}"
+                )
+
+            archive.seek(0)
+            loaded = subprocess.run(
+                ["docker", "-H", self.socket_url, "load", "-q"],
+                stdin=archive,
+                capture_output=True,
+                check=False,
+                timeout=_CLI_TIMEOUT,
+            )
+        if loaded.returncode != 0:
+            raise SecondEngineError(
+                f"docker load of {image} failed: {loaded.stderr.decode().strip()}"
+            )
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def process_identity(pid: int) -> str | None:
+    """``pid:start-time`` of a live process; ``None`` once it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+    start = stat.rsplit(")", 1)[1].split()[19]
+    return f"{pid}:{start}"
+
+
+def _owner_alive(owner: str) -> bool:
+    if owner == _MANUAL:
+        return True
+
+    pid, _, _ = owner.partition(":")
+    return pid.isdigit() and process_identity(int(pid)) == owner
+
+
+def _pid_of(pidfile: Path, command: str) -> int | None:
+    """The pid a pid file names, when it is a live ``command`` process."""
+    try:
+        pid = int(pidfile.read_text(encoding="utf-8").strip())
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+
+    # ``pid (comm) state ...``; a zombie has ended, whatever its name.
+    comm, _, rest = stat.partition(" (")[2].rpartition(") ")
+    return pid if comm == command and not rest.startswith("Z") else None
+
+
+def _end_process(pidfile: Path, command: str) -> None:
+    """SIGTERM the pid file's process, SIGKILL it if it outlives the wait."""
+    pid = _pid_of(pidfile, command)
+    if pid is None:
+        return
+
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if _pid_of(pidfile, command) != pid:
+            return
+        time.sleep(0.1)
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# -- slots --------------------------------------------------------------------
+
+
+def _network(slot: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"10.{231 + slot}.0.0/16")
+
+
+def _bridge(slot: int) -> str:
+    return f"rc-engine{slot}"
+
+
+def _routes() -> list[ipaddress.IPv4Network]:
+    listing = subprocess.run(
+        ["ip", "-4", "route", "show", "table", "all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    routes = []
+    for line in listing.stdout.splitlines():
+        words = line.split()
+        words = words[1:] if words[0] in ("local", "broadcast") else words
+        with contextlib.suppress(ValueError, IndexError):
+            routes.append(ipaddress.IPv4Network(words[0], strict=False))
+
+    return routes
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # dockerd binds with SO_REUSEADDR, so connections of a stopped
+        # engine still in TIME_WAIT do not make the port busy for it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+
+    return True
+
+
+def _release_slot(slot: int) -> None:
+    """Stop a slot's processes, unmount, delete its bridge and run dir."""
+    directory = RUN_BASE / f"slot{slot}"
+    _end_process(directory / "dockerd.pid", "dockerd")
+    child = _children.pop(slot, None)
+    if child is not None:
+        child.wait(timeout=_STOP_TIMEOUT)
+
+    _end_process(directory / "exec/containerd/containerd.pid", "containerd")
+    mounts = Path("/proc/mounts").read_text(encoding="utf-8").splitlines()
+    inside = [line.split()[1] for line in mounts if f"{directory}/" in line]
+    for mount in sorted(inside, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+
+    for link in _links_in(_network(slot)):
+        subprocess.run(["ip", "link", "delete", link], check=False, capture_output=True)
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _links_in(network: ipaddress.IPv4Network) -> list[str]:
+    """Interfaces with an address in ``network``: the slot's bridge and the
+    bridges of networks made on that engine, which outlive it."""
+    listing = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    )
+    links = []
+    for line in listing.stdout.splitlines():
+        words = line.split()
+        address = ipaddress.IPv4Interface(words[3])
+        if address.ip in network:
+            links.append(words[1])
+
+    return links
+
+
+def _clean_stale() -> None:
+    """Release every slot whose owner process has ended."""
+    for slot in range(SLOTS):
+        owner_file = RUN_BASE / f"slot{slot}" / "owner"
+        try:
+            owner = owner_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+
+        if not _owner_alive(owner):
+            _release_slot(slot)
+
+
+def _claim_slot(owner: str) -> int:
+    """Take a free slot for ``owner``, atomically; its number."""
+    RUN_BASE.mkdir(parents=True, exist_ok=True)
+    routes = _routes()
+    for slot in range(SLOTS):
+        network = _network(slot)
+        if any(route.overlaps(network) for route in routes):
+            continue
+
+        if not _port_free(_PORT_BASE + slot):
+            continue
+
+        staging = Path(tempfile.mkdtemp(dir=RUN_BASE, prefix="claim-"))
+        (staging / "owner").write_text(owner, encoding="utf-8")
+        try:
+            staging.rename(RUN_BASE / f"slot{slot}")
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            continue
+
+        return slot
+
+    raise SecondEngineError(
+        f"no free slot for a second engine among {SLOTS}: each needs an "
+        f"address range 10.231-{230 + SLOTS}.0.0/16 no route uses and a free "
+        f"port from {_PORT_BASE}; stop engines started by hand with "
+        f"`python3 tests/second_engine.py stop`"
+    )
+
+
+# -- certificates -------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(
+        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SecondEngineError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+
+_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def make_ca(directory: Path, *, name: str = "ca") -> Path:
+    """Make a self-signed CA (``NAME.pem``, ``NAME-key.pem``); its cert."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req", "-x509", *_KEY, "-days", "2", "-subj", f"/CN=rolecall test {name}",
+        "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", cwd=directory,
+    )  # fmt: skip
+
+    return directory / f"{name}.pem"
+
+
+def _sign(directory: Path, name: str, *, extensions: str) -> None:
+    """Make ``NAME-key.pem`` and ``NAME-cert.pem`` signed by ``ca.pem``."""
+    ext = directory / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
+        f"authorityKeyIdentifier=keyid,issuer\n{extensions}\n",
+        encoding="utf-8",
+    )
+    _openssl(
+        "req", "-new", *_KEY, "-subj", f"/CN=rolecall test {name}",
+        "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem",
+        "-CAkey", "ca-key.pem", "-set_serial", str(int.from_bytes(os.urandom(8))),
+        "-days", "2", "-extfile", ext.name, "-out", f"{name}-cert.pem",
+        cwd=directory,
+    )  # fmt: skip
+
+
+def _make_certificates(directory: Path) -> None:
+    """The CA, the server's certificate and the client's, named as the
+    ``docker`` CLI expects them in ``DOCKER_CERT_PATH``."""
+    make_ca(directory)
+    _sign(
+        directory,
+        "server",
+        extensions="subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+    )
+    _sign(directory, "client", extensions="extendedKeyUsage=clientAuth")
+    (directory / "client-cert.pem").rename(directory / "cert.pem")
+    (directory / "client-key.pem").rename(directory / "key.pem")
+    for path in directory.iterdir():
+        path.chmod(0o600)
+
+
+# -- start and stop -----------------------------------------------------------
+
+
+def _engine(slot: int) -> SecondEngine:
+    directory = RUN_BASE / f"slot{slot}"
+    tls = directory / "tls"
+    return SecondEngine(
+        slot=slot,
+        url=f"tcp://127.0.0.1:{_PORT_BASE + slot}",
+        socket_url=f"unix://{directory}/docker.sock",
+        ca=tls / "ca.pem",
+        cert=tls / "cert.pem",
+        key=tls / "key.pem",
+        peer_address=str(_network(slot)[1]),
+        bridge=_bridge(slot),
+        directory=directory,
+    )
+
+
+def _add_bridge(engine: SecondEngine) -> None:
+    network = _network(engine.slot)
+    for command in (
+        ["ip", "link", "add", engine.bridge, "type", "bridge"],
+        ["ip", "addr", "add", f"{engine.peer_address}/24", "dev", engine.bridge],
+        ["ip", "link", "set", engine.bridge, "up"],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SecondEngineError(
+                f"{' '.join(command)} failed: {done.stderr.strip()} (the "
+                f"second engine needs root to make its bridge on {network})"
+            )
+
+
+def _dockerd_argv(engine: SecondEngine, data_root: Path) -> list[str]:
+    network = _network(engine.slot)
+    pool = f"base={network.network_address + 128 * 256}/17,size=24"
+    server = engine.directory / "tls"
+    return [
+        "dockerd",
+        "--config-file", str(engine.directory / "daemon.json"),
+        "--data-root", str(data_root),
+        "--exec-root", str(engine.directory / "exec"),
+        "--pidfile", str(engine.pidfile),
+        "--host", engine.socket_url,
+        "--host", engine.url,
+        "--tlsverify",
+        "--tlscacert", str(engine.ca),
+        "--tlscert", str(server / "server-cert.pem"),
+        "--tlskey", str(server / "server-key.pem"),
+        "--bridge", engine.bridge,
+        "--iptables=false",
+        "--ip-masq=false",
+        "--default-address-pool", pool,
+        "--storage-driver=overlay2",
+    ]  # fmt: skip
+
+
+def _wait_until_answers(engine: SecondEngine, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+
+        with contextlib.suppress(SecondEngineError, subprocess.TimeoutExpired):
+            engine.docker("version", "--format", "{{.Server.Version}}", timeout=5)
+            return
+        time.sleep(0.2)
+
+    log = (RUN_BASE / f"slot{engine.slot}.log").read_text(errors="replace")
+    tail = "\n".join(log.splitlines()[-15:])
+    raise SecondEngineError(f"the second dockerd did not answer; its log:\n{tail}")
+
+
+def start_second_engine(owner: str) -> SecondEngine:
+    """Start a second engine for ``owner`` (``pid:start-time`` or ``manual``).
+
+    Raises:
+        SecondEngineError: It could not start; the slot is released.
+    """
+    if shutil.which("dockerd") is None or shutil.which("openssl") is None:
+        raise SecondEngineError("dockerd and openssl must be on the PATH")
+
+    if os.geteuid() != 0:
+        raise SecondEngineError("a second engine needs root (bridge, dockerd)")
+
+    _clean_stale()
+    engine = _engine(_claim_slot(owner))
+    try:
+        (engine.directory / "daemon.json").write_text("{}\n", encoding="utf-8")
+        _make_certificates(engine.directory / "tls")
+        # A bridge left by a run that died before it wrote its owner file.
+        subprocess.run(
+            ["ip", "link", "delete", engine.bridge], check=False, capture_output=True
+        )
+        _add_bridge(engine)
+        data_root = DATA_BASE / f"slot{engine.slot}"
+        data_root.mkdir(parents=True, exist_ok=True)
+        # A dockerd that finds its default network stored from an earlier
+        # start, with --default-address-pool set, deletes the host's
+        # `docker0` (the default engine's bridge!) while it clears that
+        # network. Starting without the stored networks avoids it; the
+        # images in the data root stay.
+        (data_root / "network/files/local-kv.db").unlink(missing_ok=True)
+        with (RUN_BASE / f"slot{engine.slot}.log").open("wb") as log:
+            process = subprocess.Popen(
+                _dockerd_argv(engine, data_root),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _children[engine.slot] = process
+        _wait_until_answers(engine, process)
+        leftovers = engine.docker("ps", "-aq").split()
+        if leftovers:
+            engine.docker("rm", "-f", "-v", *leftovers)
+    except BaseException:
+        _release_slot(engine.slot)
+        raise
+
+    return engine
+
+
+def stop_second_engine(engine: SecondEngine) -> None:
+    """Stop it by its pid file, delete its bridge, release its slot."""
+    _release_slot(engine.slot)
+
+
+def _manual_slots() -> list[int]:
+    return [
+        slot
+        for slot in range(SLOTS)
+        if (RUN_BASE / f"slot{slot}" / "owner").is_file()
+        and (RUN_BASE / f"slot{slot}" / "owner").read_text().strip() == _MANUAL
+    ]
+
+
+def _print_env(engine: SecondEngine) -> None:
+    for key, value in engine.docker_env().items():
+        print(f"export {key}={value}")  # noqa: T201 - the script's output
+
+    print(f"# peer address {engine.peer_address}, bridge {engine.bridge}")  # noqa: T201
+
+
+def main(argv: list[str]) -> int:
+    """``start``, ``env`` or ``stop`` engines started by hand."""
+    command = argv[1] if len(argv) == 2 else ""
+    if command not in ("start", "env", "stop"):
+        print(f"usage: {argv[0]} start|env|stop", file=sys.stderr)  # noqa: T201
+        return 2
+
+    if command == "start":
+        _print_env(start_second_engine(_MANUAL))
+        return 0
+
+    slots = _manual_slots()
+    if not slots:
+        print("no second engine was started by hand", file=sys.stderr)  # noqa: T201
+        return 1
+
+    if command == "env":
+        _print_env(_engine(slots[0]))
+
+    for slot in slots if command == "stop" else ():
+        _release_slot(slot)
+
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
