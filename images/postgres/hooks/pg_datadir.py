@@ -19,6 +19,7 @@ from typing import Any
 # checker sees neither as a top-level module.
 import pg_hooklib as lib  # type: ignore[import-not-found]
 import pg_replication as repl  # type: ignore[import-not-found]
+import pg_server as server  # type: ignore[import-not-found]
 import rolecall_hook  # type: ignore[import-not-found]
 
 NEW = lib.DATA_DIR / "pgdata.new"
@@ -254,9 +255,9 @@ def reseed(address: str, source: dict[str, Any], *, timeout: float) -> tuple[str
         source: What `primary_facts` said about it.
         timeout: Seconds the started standby may take to take queries.
     """
-    lib.shutdown()
+    server.shutdown()
     method, why = "clone", "no data of the primary's cluster here"
-    if lib.local_system_id() == source["system"]:
+    if server.local_system_id() == source["system"]:
         pin_config(lib.PGDATA)
         # A standby cut off by a crash is recovered in single-user mode
         # first, which a standby signal would refuse.
@@ -271,7 +272,7 @@ def reseed(address: str, source: dict[str, Any], *, timeout: float) -> tuple[str
         clone(address)
 
     as_standby()
-    lib.launch(timeout=timeout)
+    server.launch(timeout=timeout)
 
     return method, why
 
@@ -315,7 +316,7 @@ def promote(*, timeout: float = 60.0) -> None:
         timeout=timeout + 10,
     )
     deadline = time.monotonic() + 5.0
-    while lib.in_recovery():
+    while server.in_recovery():
         if time.monotonic() > deadline:
             raise rolecall_hook.HookFailed(
                 f"postgres is still a standby after pg_ctl promote "
@@ -342,22 +343,22 @@ def bring_up(state: dict[str, Any], durability: str, *, timeout: float) -> str:
     role = state.get("role")
     address = state.get("primary_address")
     lib.write_role_conf(state, durability)
-    if role in lib.FOLLOWER_ROLES and address and not lib.has_data():
+    if role in lib.FOLLOWER_ROLES and address and not server.has_data():
         lib.update_state(synced=False)
         source = primary_facts(str(address))
         method, _ = reseed(str(address), source, timeout=timeout)
         return f"copied from {state.get('primary')} ({method})"
 
-    if not lib.has_data():
+    if not server.has_data():
         initdb()
-        lib.launch(timeout=timeout)
+        server.launch(timeout=timeout)
         return "new empty cluster"
 
     if role in lib.FOLLOWER_ROLES:
         as_standby()
 
-    lib.launch(timeout=timeout)
-    if role in lib.WRITER_ROLES and lib.in_recovery():
+    server.launch(timeout=timeout)
+    if role in lib.WRITER_ROLES and server.in_recovery():
         promote()
         return "promoted on start"
 
