@@ -181,7 +181,14 @@ def _add_operations(
         "topology", metavar="TOPOLOGY", choices=[t.value for t in Topology]
     )
     convert.add_argument("--replicas", type=_positive, help="replicas (redundant)")
-    convert.add_argument("--timeout", type=_seconds, default=300.0, metavar="S")
+    convert.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for convergence before giving up watching"
+        " (exit 1); the runner carries on (default: %(default)g)",
+    )
 
     switchover = _operation(
         commands,
@@ -194,7 +201,14 @@ def _add_operations(
         "rolecall switchover cache cache-2",
     )
     switchover.add_argument("member", metavar="MEMBER")
-    switchover.add_argument("--timeout", type=_seconds, default=60.0, metavar="S")
+    switchover.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the switchover to finish before giving up"
+        " watching (exit 1); the runner carries on (default: %(default)g)",
+    )
 
     _operation(
         commands,
