@@ -23,7 +23,8 @@ from ._container_messages import (
     StopService,
     Superseded,
 )
-from ._docker import DockerRuntime, open_docker_runtime
+from ._docker import DockerRuntime, open_docker_runtime, open_engine_runtime
+from ._engine_config import DEFAULT_ENGINE, EngineConfig, TlsFiles
 from ._hook_stderr import (
     MAX_STDERR_LINE_CHARS,
     MAX_STDERR_LINES,
@@ -46,6 +47,7 @@ from ._spawner import ActorSpawner, open_spawner
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "DEFAULT_ENGINE",
     "LABEL_PREFIX",
     "MAX_STDERR_LINES",
     "MAX_STDERR_LINE_CHARS",
@@ -63,6 +65,7 @@ __all__ = [
     "ContainerSpec",
     "ContainerState",
     "DockerRuntime",
+    "EngineConfig",
     "EngineEvent",
     "ExecResult",
     "HookConvention",
@@ -80,8 +83,10 @@ __all__ = [
     "StderrForwarder",
     "StopService",
     "Superseded",
+    "TlsFiles",
     "mask_secrets",
     "open_docker_runtime",
+    "open_engine_runtime",
     "open_spawner",
     "run_hook",
     "stderr_tail",

@@ -37,6 +37,7 @@ from ._docker_records import (
     _str_dict,
     _summary_info,
 )
+from ._engine_config import DEFAULT_ENGINE, EngineConfig, TlsFiles
 from ._runtime import (
     LABEL_PREFIX,
     ContainerInfo,
@@ -45,7 +46,12 @@ from ._runtime import (
     ImageInfo,
 )
 
-__all__ = ["INSPECT_DEADLINE", "DockerRuntime", "open_docker_runtime"]
+__all__ = [
+    "INSPECT_DEADLINE",
+    "DockerRuntime",
+    "open_docker_runtime",
+    "open_engine_runtime",
+]
 
 _log = structlog.get_logger("rolecall.actors")
 
@@ -65,13 +71,34 @@ class DockerRuntime(_DockerExec):
         url: Engine address (``unix:///var/run/docker.sock``,
             ``tcp://HOST:PORT``, ...); ``None`` takes ``DOCKER_HOST``, then the
             default socket.
+        tls: Certificate files for a ``tcp://`` engine that asks for TLS
+            client certificates; ``None`` for none.
+        name: The engine's name, for messages and status.
         max_concurrent_execs: How many commands may run through `exec` at
             once; more wait for a slot. The engine serialises exec start-up,
             so more in parallel only adds latency.
 
     Raises:
-        ValueError: ``url`` has no known scheme or the cap is below one.
+        ValueError: ``url`` has no known scheme, TLS files come with a URL
+            that is not ``tcp://``, or the cap is below one.
+        EngineTlsError: A TLS file is missing, unreadable or not PEM.
     """
+
+    @classmethod
+    def for_engine(
+        cls, engine: EngineConfig, *, max_concurrent_execs: int = 4
+    ) -> DockerRuntime:
+        """A runtime on ``engine``, not connected yet.
+
+        Raises:
+            EngineTlsError: A TLS file is missing, unreadable or not PEM.
+        """
+        return cls(
+            engine.url,
+            tls=engine.tls,
+            name=engine.name,
+            max_concurrent_execs=max_concurrent_execs,
+        )
 
     # -- containers ---------------------------------------------------------
 
@@ -293,13 +320,19 @@ class DockerRuntime(_DockerExec):
 
 @asynccontextmanager
 async def open_docker_runtime(
-    url: str | None = None, *, max_concurrent_execs: int = 4
+    url: str | None = None,
+    *,
+    tls: TlsFiles | None = None,
+    name: str = DEFAULT_ENGINE,
+    max_concurrent_execs: int = 4,
 ) -> AsyncIterator[DockerRuntime]:
     """Connect to a Docker engine, check that it answers, close on exit.
 
     Args:
         url: Engine address; ``None`` takes ``DOCKER_HOST``, then
             ``unix:///var/run/docker.sock``.
+        tls: Certificate files for a ``tcp://`` engine with TLS.
+        name: The engine's name, for messages and status.
         max_concurrent_execs: How many `exec` calls may run at once.
 
     Yields:
@@ -307,10 +340,30 @@ async def open_docker_runtime(
 
     Raises:
         EngineUnavailableError: No engine answers at the address.
+        EngineTlsError: A TLS file is bad, or the TLS handshake failed.
     """
-    runtime = DockerRuntime(url, max_concurrent_execs=max_concurrent_execs)
+    runtime = DockerRuntime(
+        url, tls=tls, name=name, max_concurrent_execs=max_concurrent_execs
+    )
     try:
         await runtime.engine_version()
         yield runtime
     finally:
         await runtime.aclose()
+
+
+def open_engine_runtime(
+    engine: EngineConfig, *, max_concurrent_execs: int = 4
+) -> AbstractAsyncContextManager[DockerRuntime]:
+    """`open_docker_runtime` on the engine ``engine`` describes.
+
+    Raises:
+        EngineUnavailableError: The engine does not answer.
+        EngineTlsError: A TLS file is bad, or the TLS handshake failed.
+    """
+    return open_docker_runtime(
+        engine.url,
+        tls=engine.tls,
+        name=engine.name,
+        max_concurrent_execs=max_concurrent_execs,
+    )

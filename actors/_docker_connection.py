@@ -8,6 +8,7 @@ tree, and describes a container (which every layer above needs).
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,8 @@ from ..hooks_protocol._errors import (
     ImageNotFoundError,
 )
 from ._docker_records import _container_info
+from ._docker_tls import handshake_failed, tls_context
+from ._engine_config import DEFAULT_ENGINE, TlsFiles
 from ._runtime import ContainerInfo
 
 _DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -43,8 +46,26 @@ def _resolve_url(url: str | None) -> str:
 class _DockerConnection:
     """The client of one engine; `DockerRuntime` builds on it."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        tls: TlsFiles | None = None,
+        name: str = DEFAULT_ENGINE,
+    ) -> None:
         self._url = _resolve_url(url)
+        self._name = name
+        self._tls = tls
+        # Built once, here, so that a bad certificate file is reported
+        # before the engine is used; None for an engine without TLS.
+        self._ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            if not self._url.startswith("tcp://"):
+                raise ValueError(
+                    f"engine {name!r}: TLS files apply to a tcp:// URL only, "
+                    f"got {self._url!r}"
+                )
+            self._ssl = tls_context(tls, engine=name, address=self._url)
         # Created on first use, inside the event loop; None until then and
         # again after aclose().
         self._docker: aiodocker.Docker | None = None
@@ -54,10 +75,21 @@ class _DockerConnection:
         """Where the engine is reached, for messages and status."""
         return self._url
 
+    @property
+    def name(self) -> str:
+        """The engine's name (``default`` unless a spec names it)."""
+        return self._name
+
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
             timeout = aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT)
-            self._docker = aiodocker.Docker(url=self._url, timeout=timeout)
+            url = self._url
+            if self._ssl is not None:
+                # aiodocker speaks TLS for an https:// URL only.
+                url = "https://" + url.removeprefix("tcp://")
+            self._docker = aiodocker.Docker(
+                url=url, timeout=timeout, ssl_context=self._ssl
+            )
 
         return self._docker
 
@@ -96,7 +128,20 @@ class _DockerConnection:
     # -- errors -------------------------------------------------------------
 
     def _unavailable(self, reason: object) -> EngineUnavailableError:
+        failure = _tls_failure(reason) if self._tls is not None else None
+        if self._tls is not None and failure is not None:
+            return handshake_failed(
+                failure, self._tls, engine=self._name, address=self._url
+            )
+
         why = str(reason) or type(reason).__name__
+        if self._name != DEFAULT_ENGINE:
+            return EngineUnavailableError(
+                f"engine {self._name!r} does not answer at {self._url!r} "
+                f"({why}); start it, or check the url the spec gives it",
+                address=self._url,
+            )
+
         return EngineUnavailableError(
             f"no Docker engine answers at {self._url!r} ({why}); start one "
             f"with `dockerd` or set DOCKER_HOST to where one listens",
@@ -114,7 +159,8 @@ class _DockerConnection:
         status, message = exc.status, str(exc.message)
         # aiodocker reports "could not connect" as a made-up status 900.
         if status == 900:
-            return self._unavailable(message)
+            tls_failure = self._tls is not None and _tls_failure(exc) is not None
+            return self._unavailable(exc if tls_failure else message)
 
         # "is not running" comes as a 409 for a container stopped a while
         # ago, and as a 500 for an exec start that meets its container's end.
@@ -158,3 +204,28 @@ class _DockerConnection:
             raw = await self._client().containers.container(container_id).show()
 
         return _container_info(raw)
+
+
+_TLS_SIGNS = (
+    ssl.SSLError,
+    aiohttp.ClientSSLError,
+    # Under TLS 1.3 an engine that does not trust the client certificate
+    # says so after the handshake: the client sees the connection reset.
+    ConnectionResetError,
+    aiohttp.ServerDisconnectedError,
+)
+
+
+def _tls_failure(reason: object) -> BaseException | None:
+    """The TLS error in ``reason``'s chain of causes, if there is one.
+
+    Only asked for an engine reached over TLS, where a reset connection
+    is how a refused client certificate shows.
+    """
+    seen = reason if isinstance(reason, BaseException) else None
+    while seen is not None:
+        if isinstance(seen, _TLS_SIGNS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+
+    return None

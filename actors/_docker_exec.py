@@ -24,6 +24,7 @@ from attrs import define, field, frozen
 from ..hooks_protocol._errors import ContainerGoneError, EngineError
 from ._docker_connection import _DockerConnection
 from ._docker_kill import MARKER_ENV, _signal_on_host, killer_argv
+from ._engine_config import DEFAULT_ENGINE, TlsFiles
 from ._runtime import ContainerState, ExecResult
 
 _log = structlog.get_logger("rolecall.docker")
@@ -53,14 +54,19 @@ class _DockerExec(_DockerConnection):
     """The exec layer of `DockerRuntime`, over its engine connection."""
 
     def __init__(
-        self, url: str | None = None, *, max_concurrent_execs: int = 4
+        self,
+        url: str | None = None,
+        *,
+        tls: TlsFiles | None = None,
+        name: str = DEFAULT_ENGINE,
+        max_concurrent_execs: int = 4,
     ) -> None:
         if max_concurrent_execs < 1:
             raise ValueError(
                 f"max_concurrent_execs must be at least 1, got {max_concurrent_execs!r}"
             )
 
-        super().__init__(url)
+        super().__init__(url, tls=tls, name=name)
         # One token per exec running; waiters queue for a free one.
         self._exec_slots = anyio.Semaphore(max_concurrent_execs)
         # Whether an exec the in-container kill could not end may be killed
@@ -136,10 +142,13 @@ class _DockerExec(_DockerConnection):
         cid = run.container_id
         what = f"run {argv[0]!r}"
         environment = {**(env or {}), MARKER_ENV: run.marker}
+        command = list(argv)
+        if stdin is not None and self._ssl is not None:
+            command = _framed_stdin_argv(argv, len(stdin))
         with self._translated(what=what, container_id=cid):
             container = self._client().containers.container(cid)
             handle = await container.exec(
-                list(argv), stdin=stdin is not None, environment=environment
+                command, stdin=stdin is not None, environment=environment
             )
         run.handle = handle
         stream = handle.start(detach=False)
@@ -403,6 +412,26 @@ class _ExecRun:
                     await self.output_done.wait()
                 if self.capture.chunks == seen:
                     return
+
+
+# The command reads exactly $1 bytes of stdin through `head`, so it sees EOF
+# after the payload although the exec's stdin stays open: see
+# `_framed_stdin_argv`.
+_FRAME_SCRIPT = 'n=$1; shift; head -c "$n" | "$@"'
+
+
+def _framed_stdin_argv(argv: Sequence[str], size: int) -> list[str]:
+    """``argv`` wrapped so that it gets EOF after ``size`` bytes of stdin.
+
+    Known gap: asyncio's TLS transport cannot half-close (its
+    ``write_eof`` raises), so on an engine reached over TLS the EOF that
+    `_feed` sends on a plain socket cannot be sent, and a command reading
+    stdin to its end would wait for ever. The payload's length travels in
+    argv instead and ``head`` ends the command's input there. This needs
+    ``sh`` and ``head`` in the image (like the kill needs ``sh``); the
+    command runs as a child of ``sh``, whose exit code is the command's.
+    """
+    return ["sh", "-c", _FRAME_SCRIPT, "rolecall-stdin", str(size), *argv]
 
 
 async def _feed(stream: Stream, payload: bytes) -> None:

@@ -13,6 +13,7 @@ one ``except RolecallError`` to catch them all::
     │   └── UnsupportedTopologyError  the image's plan does not offer it
     ├── EngineError                 the container engine refused or failed
     │   ├── EngineUnavailableError  no engine answers on the address tried
+    │   │   └── EngineTlsError      TLS with the engine cannot be set up or fails
     │   ├── ContainerGoneError      the container vanished or stopped mid-call
     │   ├── ImageNotFoundError      the image is not on the engine
     │   └── ImageBuildError         an example image could not be built
@@ -45,6 +46,7 @@ __all__ = [
     "ContainerGoneError",
     "ConvergenceTimeoutError",
     "EngineError",
+    "EngineTlsError",
     "EngineUnavailableError",
     "FailoverError",
     "HookBadPayloadError",
@@ -165,6 +167,28 @@ class EngineUnavailableError(EngineError):
     def __init__(self, message: str, *, address: str) -> None:
         super().__init__(message)
         self.address = address
+
+
+class EngineTlsError(EngineUnavailableError):
+    """TLS with an engine cannot be set up, or its handshake fails.
+
+    Either a certificate or key file is missing, unreadable or not PEM
+    (``path`` names it), or the engine and rolecall do not trust each
+    other's certificates. Either way the engine cannot be used until the
+    files are fixed.
+
+    Attributes:
+        address: The engine's URL.
+        engine: The engine's name.
+        path: The file at fault, when one is; ``None`` for a handshake.
+    """
+
+    def __init__(
+        self, message: str, *, address: str, engine: str, path: str | None = None
+    ) -> None:
+        super().__init__(message, address=address)
+        self.engine = engine
+        self.path = path
 
 
 class ContainerGoneError(EngineError):

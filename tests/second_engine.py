@@ -40,8 +40,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attrs import frozen
+
+if TYPE_CHECKING:
+    from rolecall.actors import EngineConfig
 
 __all__ = [
     "SecondEngine",
@@ -100,6 +104,16 @@ class SecondEngine:
     def pidfile(self) -> Path:
         """The ``dockerd`` pid file."""
         return self.directory / "dockerd.pid"
+
+    def engine_config(self, name: str = "engine2") -> EngineConfig:
+        """The `EngineConfig` that reaches it over TLS, as ``name``."""
+        # Imported here so that the script runs without rolecall installed.
+        from rolecall.actors import EngineConfig, TlsFiles
+
+        tls = TlsFiles(ca=self.ca, cert=self.cert, key=self.key)
+        return EngineConfig(
+            name=name, url=self.url, tls=tls, peer_address=self.peer_address
+        )
 
     def docker_env(self) -> dict[str, str]:
         """Environment that points the ``docker`` CLI at it over TLS."""
