@@ -137,6 +137,7 @@ class Runner:
             await self._check(specs[name])
 
         for name in sorted(changed):
+            self._note_conversion_undone(specs[name])
             await self.supervisor.apply(specs[name], resume=resume)
 
         # A service supervision gave up on is taken up again by a reload
@@ -190,6 +191,29 @@ class Runner:
             )
 
             return True
+
+    def _note_conversion_undone(self, spec: ServiceSpec) -> None:
+        """Say so when a changed entry replaces a shape made through the API.
+
+        The file wins over a `convert` once its entry changes (see `load`);
+        a user who edited an unrelated key would not expect it, so the log
+        names both shapes.
+        """
+        controller = self.supervisor.controllers.get(spec.name)
+        filed = self.entries.get(spec.name)
+        if controller is None or filed is None:
+            return
+
+        current = _shape(controller.spec)
+        if current not in (_shape(filed.spec), _shape(spec)):
+            _log.warning(
+                "conversion_replaced",
+                service=spec.name,
+                converted_to=current,
+                file_asks=_shape(spec),
+                reason="the service's entry in the spec file changed; the"
+                " file's topology wins over an earlier `rolecall convert`",
+            )
 
     async def _check(self, spec: ServiceSpec) -> None:
         await self.supervisor.check(spec)
@@ -370,3 +394,11 @@ class Runner:
 
 def _ms_since(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
+
+
+def _shape(spec: ServiceSpec) -> str:
+    """A service's topology as one word, with its replicas when redundant."""
+    if spec.topology is Topology.REDUNDANT:
+        return f"{spec.topology.value} with {spec.replicas} replica(s)"
+
+    return spec.topology.value

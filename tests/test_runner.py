@@ -67,6 +67,43 @@ class TestReload:
             ["cache", "queue"],
         )
 
+    async def test_a_changed_entry_says_it_replaces_a_conversion(
+        self, tmp_path: Path
+    ) -> None:
+        """An edit to a converted service's entry logs the shape it undoes."""
+        async with running(tmp_path) as lab:
+            await lab.runner.supervisor.convert("cache", "redundant", timeout=LIMIT)
+            lab.spec_path.write_text(
+                SPEC + 'config = { maxmemory = "64mb" }\n', encoding="utf-8"
+            )
+            with capture_logs() as logs:
+                accepted = await lab.runner.reload()
+            status = await lab.runner.supervisor.wait_converged("cache", timeout=LIMIT)
+
+        (warned,) = [line for line in logs if line["event"] == "conversion_replaced"]
+        assert accepted is True
+        assert status.topology is Topology.STANDALONE
+        assert (warned["service"], warned["converted_to"], warned["file_asks"]) == (
+            "cache",
+            "redundant with 1 replica(s)",
+            "standalone",
+        )
+
+    async def test_a_changed_entry_asking_the_converted_shape_is_quiet(
+        self, tmp_path: Path
+    ) -> None:
+        """An edit that asks for the shape a convert made undoes nothing."""
+        async with running(tmp_path) as lab:
+            await lab.runner.supervisor.convert("cache", "redundant", timeout=LIMIT)
+            lab.spec_path.write_text(
+                SPEC + 'topology = "redundant"\n', encoding="utf-8"
+            )
+            with capture_logs() as logs:
+                accepted = await lab.runner.reload()
+
+        assert accepted is True
+        assert [line for line in logs if line["event"] == "conversion_replaced"] == []
+
     async def test_a_service_gone_from_the_file_is_left_running(
         self, tmp_path: Path
     ) -> None:
