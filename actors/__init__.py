@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._actor import Actor, ActorState, ActorStatistics, ChildCrashed
 from ._actor_ref import ActorRef
+from ._archive_copy import DirectoryCopy, copy_directory
 from ._container_actor import ContainerActor
 from ._container_messages import (
     ApplyRole,
@@ -64,6 +65,7 @@ __all__ = [
     "ContainerRuntime",
     "ContainerSpec",
     "ContainerState",
+    "DirectoryCopy",
     "DockerRuntime",
     "EngineConfig",
     "EngineEvent",
@@ -84,6 +86,7 @@ __all__ = [
     "StopService",
     "Superseded",
     "TlsFiles",
+    "copy_directory",
     "mask_secrets",
     "open_docker_runtime",
     "open_engine_runtime",

@@ -6,7 +6,8 @@ into one of the records from ``_runtime``; nothing above sees either.
 
 `DockerRuntime` is built in layers, a module each: ``_docker_connection``
 holds the client and translates errors, ``_docker_exec`` runs commands (with
-``_docker_kill`` for the host-side kill of overrun ones), and this module adds
+``_docker_kill`` for the host-side kill of overrun ones), ``_docker_archive``
+streams directories in and out as tar archives, and this module adds
 containers, images, networks, volumes and the event stream that
 ``_docker_events`` reads. ``_docker_records`` converts JSON at the edge.
 
@@ -27,9 +28,9 @@ import structlog
 from aiodocker.volumes import DockerVolume
 
 from ..hooks_protocol._errors import ContainerGoneError, EngineError
+from ._docker_archive import _DockerArchive
 from ._docker_connection import _CONNECT_TIMEOUT
 from ._docker_events import _EVENT_ACTIONS, _EventIterator
-from ._docker_exec import _DockerExec
 from ._docker_records import (
     _container_config,
     _label_filters,
@@ -60,7 +61,7 @@ INSPECT_DEADLINE = 10.0
 before it describes that container from the listing instead."""
 
 
-class DockerRuntime(_DockerExec):
+class DockerRuntime(_DockerArchive):
     """`ContainerRuntime` backed by a Docker engine.
 
     Use `open_docker_runtime` to get one that has checked the engine

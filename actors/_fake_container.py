@@ -59,6 +59,10 @@ class FakeContainer:
             when it stops.
         store: Free for fake hooks (a role, an offset); like the container's
             own filesystem, it survives stop and start but not removal.
+        files: The container's files, absolute path -> contents, as
+            `FakeRuntime.open_archive` and `put_archive` read and write
+            them; fake hooks may use them too. A directory exists while a
+            file lies under it.
     """
 
     id: str
@@ -69,6 +73,7 @@ class FakeContainer:
     oom_killed: bool = False
     host_ports: dict[int, int] = field(factory=dict)
     store: dict[str, Any] = field(factory=dict)
+    files: dict[str, bytes] = field(factory=dict)
     # Set while paused, ``None`` otherwise; set and dropped when it resumes
     # or dies, which wakes every exec held by the pause.
     _unpaused: anyio.Event | None = field(default=None, init=False)

@@ -22,7 +22,8 @@ adds exec, fault injection and the set-up calls of tests on top.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -31,6 +32,7 @@ from attrs import define, field, frozen
 
 from rolecall.hooks_protocol import ContainerGoneError
 
+from ._fake_archive import archive_chunks, unpack_into
 from ._fake_container import FakeContainer, FakeImage
 from ._fake_engine import _SIGKILL_EXIT, _fake_id, _FakeEngine
 from ._fake_hooks import (
@@ -347,6 +349,50 @@ class FakeRuntime(_FakeEngine):
             stderr_truncated=len(stderr) > max(max_stderr, 0),
             duration=anyio.current_time() - started,
         )
+
+    # -- the ContainerRuntime protocol: archives ------------------------------
+
+    def open_archive(
+        self, container_id: str, path: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream the files under ``path`` as a tar archive, in pieces.
+
+        Unlike an engine, the fake knows a directory only by the files
+        under it: an empty or missing one raises `EngineError`.
+
+        Raises:
+            ContainerGoneError: No such container.
+            EngineError: No file lies under ``path``.
+        """
+        return self._archive_stream(container_id, path)
+
+    @asynccontextmanager
+    async def _archive_stream(
+        self, container_id: str, path: str
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        await anyio.lowlevel.checkpoint()
+        container = self.container(container_id)
+        pieces = archive_chunks(container.files, path, owner=container.name)
+
+        async def stream() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                await anyio.lowlevel.checkpoint()
+                yield piece
+
+        yield stream()
+
+    async def put_archive(
+        self, container_id: str, path: str, archive: AsyncIterable[bytes]
+    ) -> None:
+        """Unpack a tar archive's files under ``path`` (any path will do).
+
+        Raises:
+            ContainerGoneError: No such container.
+            EngineError: Not a tar archive, or an entry escapes ``path``.
+        """
+        await anyio.lowlevel.checkpoint()
+        container = self.container(container_id)
+        await unpack_into(container.files, path, archive, owner=container.name)
 
     def _take_fault(self, container: FakeContainer, hook: str) -> _Fault | None:
         for index, fault in enumerate(self._faults):

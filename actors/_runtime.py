@@ -9,7 +9,7 @@ edge: no engine's raw dicts travel past a runtime.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -227,6 +227,33 @@ class ContainerRuntime(Protocol):
         Raises:
             TimeoutError: The command ran past ``timeout``; it was killed.
             ContainerGoneError: The container went away or stopped.
+        """
+        ...
+
+    def open_archive(
+        self, container_id: str, path: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream what the directory ``path`` holds as a tar archive.
+
+        Use as ``async with runtime.open_archive(cid, path) as chunks``;
+        entries are named relative to ``path``; chunks are bounded in size,
+        so the archive is never held whole.
+
+        Raises:
+            ContainerGoneError: No such container.
+            EngineError: ``path`` does not exist in the container.
+        """
+        ...
+
+    async def put_archive(
+        self, container_id: str, path: str, archive: AsyncIterable[bytes]
+    ) -> None:
+        """Unpack a tar archive, read chunk by chunk, into directory ``path``.
+
+        Raises:
+            ContainerGoneError: No such container.
+            EngineError: ``path`` is not a directory there, or the archive
+                is not a tar archive.
         """
         ...
 
