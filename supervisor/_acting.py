@@ -230,7 +230,7 @@ class Acting(Observing):
         member.alive = True
         member.fenced = member.unresponsive = member.confirmed = False
         member.exit_code, member.oom_killed = None, False
-        member.silent_since = None
+        member.silent_since = member.unhealthy_since = None
         member.last_answer = anyio.current_time()
         backoff, gap = self.restart_delay, self.restart_gap
         self.event(

@@ -106,6 +106,10 @@ class Member:
     # Clock time (anyio's) of the first failed probe since the last answered
     # one; None while probes answer.
     silent_since: float | None = None
+    # Clock time (anyio's) since which its `status` has answered that it,
+    # a writer, is unhealthy (its server died inside a container that still
+    # runs, say); None while it reports healthy, and for any other role.
+    unhealthy_since: float | None = None
     # Whether it stopped answering past the deadline; cleared by a restart.
     unresponsive: bool = False
     # Clock time (anyio's) since which its `status` has reported it a
@@ -148,6 +152,10 @@ class Member:
         """
         link_down = report.role is Role.REPLICA and report.link_up is False
         self.healthy = report.healthy and not link_down
+        if report.healthy or not self.is_writer:
+            self.unhealthy_since = None
+        elif self.unhealthy_since is None:
+            self.unhealthy_since = anyio.current_time()
         self.offset = report.replication_offset
         if not link_down:
             self.link_down_since = None

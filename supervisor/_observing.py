@@ -9,7 +9,10 @@ off after failures, a ticker keeps probing every ``probe_interval``.
 
 A member whose ``status`` hook runs, or keeps failing, for longer than the
 service's ``unresponsive_after`` is unresponsive: it counts as lost until it
-has been restarted (or, as a lost writer, fenced and replaced).
+has been restarted (or, as a lost writer, fenced and replaced). So is a
+writer whose ``status`` keeps answering that it is unhealthy for as long:
+its server died inside a container that still runs, and no client write
+succeeds, so waiting for the container to die would wait for ever.
 """
 
 from __future__ import annotations
@@ -296,23 +299,31 @@ class Observing(ControllerState):
             if running is not None and running[0] is HookName.STATUS:
                 silent = min(silent, running[1])
 
-            if now - silent < deadline:
-                continue
+            if now - silent >= deadline:
+                self._unresponsive(member, now - silent, "no_answer")
+            elif (
+                member.unhealthy_since is not None
+                and now - member.unhealthy_since >= deadline
+            ):
+                self._unresponsive(member, now - member.unhealthy_since, "unhealthy")
 
-            self._unresponsive(member, now - silent)
-
-    def _unresponsive(self, member: Member, silent: float) -> None:
+    def _unresponsive(self, member: Member, silent: float, reason: str) -> None:
         member.unresponsive = True
         member.healthy = False
         self.converged_generation = -1
         self._writer_lost(member)
         deadline = self.spec.supervision.unresponsive_after
+        what = (
+            "gave no answer"
+            if reason == "no_answer"
+            else "answered that it, the writer, is unhealthy"
+        )
         self.event(
             "member_unresponsive",
             member.id,
-            f"its status hook gave no answer for {silent:.1f}s (deadline"
-            f" {deadline:g}s)",
+            f"its status hook {what} for {silent:.1f}s (deadline {deadline:g}s)",
             silent=round(silent, 3),
+            reason=reason,
             role=member.actor.role.value if member.actor.role else None,
         )
         self.wake(urgent=True)

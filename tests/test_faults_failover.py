@@ -338,6 +338,57 @@ async def test_a_primary_paused_around_its_deadline_never_leaves_two_primaries(
     assert [m.role for m in after.members].count(Role.PRIMARY) == 1
 
 
+async def test_a_primary_whose_server_died_in_a_running_container_is_replaced(
+    docker_runtime: DockerRuntime, docker_case: DockerLab, redis_image: str
+) -> None:
+    """redis-server killed inside the primary's container, which runs on:
+    its status answers unhealthy, and past the deadline it is fenced, the
+    replica takes over with every confirmed key, and the old primary is
+    restarted in place to follow; never two masters."""
+    spec = fault_spec(
+        docker_case,
+        redis_image,
+        "died",
+        topology="redundant",
+        supervision={"unresponsive_after": 2.0, "backoff_first": 0.1},
+    )
+    async with open_supervisor(docker_runtime, probe_interval=PROBE) as supervisor:
+        await supervisor.apply(spec)
+        before = await supervisor.wait_converged(spec.name, timeout=LIMIT)
+        old = before.writer
+        assert old is not None
+        confirmed = await _write_confirmed(old.published, "died", 200)
+        async with (
+            supervisor.open_timeline() as events,
+            _sampled(supervisor, spec.name) as sampler,
+        ):
+            killed = await docker_runtime.exec(
+                old.container_id,
+                ["pkill", "-KILL", "-x", "redis-server"],
+                timeout=10.0,
+                max_stdout=1000,
+                max_stderr=1000,
+            )
+            seen = await events_until(events, lambda e: e.kind == "failover")
+            await supervisor.wait_converged(spec.name, timeout=LIMIT)
+        after = supervisor.status(spec.name)
+        assert after.writer is not None
+        kept = await _present(after.writer.published, confirmed)
+
+    (unresponsive,) = [e for e in seen if e.kind == "member_unresponsive"]
+    assert killed.exit_code == 0
+    assert (unresponsive.member, unresponsive.fields["reason"]) == (
+        old.id,
+        "unhealthy",
+    )
+    assert [e.kind for e in seen].index("member_fenced") < len(seen) - 1
+    assert after.writer.id != old.id
+    assert kept == confirmed
+    assert sampler.most_masters <= 1, sampler.worst
+    assert after.member(old.id).container_id == old.container_id
+    assert after.member(old.id).role is Role.REPLICA
+
+
 # -- switchover ---------------------------------------------------------------
 
 

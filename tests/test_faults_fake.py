@@ -243,6 +243,22 @@ def _image(**hooks: FakeHook) -> dict[str, FakeHook]:
     return {**fake_kv_image(), **hooks}
 
 
+def _sick_status(sick: set[str]) -> FakeHook:
+    """The key-value status hook, answering unhealthy for ``sick``
+    containers as one whose server died would."""
+    status = fake_kv_image()[HookName.STATUS]
+
+    def answer(call: FakeHookCall) -> dict[str, Any]:
+        report = status(call)
+        assert isinstance(report, dict)  # the key-value hooks are synchronous
+        if call.container.id in sick:
+            return {**report, "healthy": False}
+
+        return report
+
+    return answer
+
+
 @define
 class Gate:
     """A fake hook that blocks until released, and says when it started."""
@@ -537,6 +553,98 @@ class TestFailoverControl:
         assert after.primary == "cache-2"
         assert [m.id for m in after.members if m.role is Role.PRIMARY] == ["cache-2"]
         assert after.member("cache-1").following == "cache-2"
+
+    async def test_a_primary_reporting_unhealthy_is_fenced_and_replaced(
+        self,
+    ) -> None:
+        """A primary whose server died in a running container (status answers,
+        unhealthy) is fenced past the deadline and a replica takes over."""
+        sick: set[str] = set()
+        runtime = kv_runtime(sick=_image(status=_sick_status(sick)))
+        spec = service_spec(
+            image="sick:fake",
+            topology="redundant",
+            supervision={"unresponsive_after": 0.2},
+        )
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                sick.add(before.member("cache-1").container_id)
+                noticed = await until(events, "member_unresponsive")
+                taken = await until(events, "failover")
+                sick.clear()
+                await until(events, "converged")
+                after = supervisor.status("cache")
+
+        (unresponsive,) = [e for e in noticed if e.kind == "member_unresponsive"]
+        assert (unresponsive.member, unresponsive.fields["reason"]) == (
+            "cache-1",
+            "unhealthy",
+        )
+        assert ("member_fenced", "cache-1") in event_kinds(taken)
+        assert taken[-1].member == "cache-2"
+        assert after.primary == "cache-2"
+        assert [m.id for m in after.members if m.role is Role.PRIMARY] == ["cache-2"]
+
+    async def test_a_standalone_reporting_unhealthy_is_restarted(self) -> None:
+        """With no replica to take over, an unhealthy writer is restarted in
+        place (its volume holds the data) and serves again."""
+        sick: set[str] = set()
+        runtime = kv_runtime(sick=_image(status=_sick_status(sick)))
+        spec = service_spec(image="sick:fake", supervision={"unresponsive_after": 0.2})
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                container = before.member("cache-1").container_id
+                sick.add(container)
+                await until(events, "member_unresponsive")
+                await until(events, "member_restarted")
+                sick.clear()
+                await until(events, "converged")
+                after = supervisor.status("cache")
+
+        member = after.member("cache-1")
+        assert (member.container_id, member.role, member.healthy) == (
+            container,
+            Role.STANDALONE,
+            True,
+        )
+
+    async def test_an_unhealthy_replica_is_not_taken_for_a_lost_writer(
+        self,
+    ) -> None:
+        """Only a writer's unhealthy answers count against the deadline: a
+        replica still copying may report unhealthy for a long time."""
+        sick: set[str] = set()
+        runtime = kv_runtime(sick=_image(status=_sick_status(sick)))
+        spec = service_spec(
+            image="sick:fake",
+            topology="redundant",
+            supervision={"unresponsive_after": 0.1},
+        )
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                sick.add(before.member("cache-2").container_id)
+                with anyio.move_on_after(1.0):
+                    await until(events, "member_unresponsive")
+                    raise AssertionError("an unhealthy replica was unresponsive")
+                after = supervisor.status("cache")
+
+        assert after.primary == "cache-1"
+        assert after.member("cache-2").healthy is False
 
     async def test_paused_failover_fences_and_waits_for_resume(self) -> None:
         """While paused, a lost primary is fenced and nobody promoted; resuming
