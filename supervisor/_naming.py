@@ -23,6 +23,7 @@ from rolecall.hooks_protocol import Role
 __all__ = [
     "LABEL_CREATED_EPOCH",
     "LABEL_CREATED_ROLE",
+    "LABEL_EXPIRES",
     "LABEL_EXTRA",
     "LABEL_GENERATION",
     "LABEL_MANAGED",
@@ -44,6 +45,8 @@ LABEL_GENERATION = f"{LABEL_PREFIX}.generation"
 LABEL_CREATED_EPOCH = f"{LABEL_PREFIX}.created-epoch"
 LABEL_CREATED_ROLE = f"{LABEL_PREFIX}.created-role"
 LABEL_EXTRA = f"{LABEL_PREFIX}.extra"
+LABEL_EXPIRES = f"{LABEL_PREFIX}.expires"
+"""On a throwaway container: Unix time after which nobody uses it."""
 """On an extra member (see ``ServiceSpec.extras``): the role it was made for."""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 
 import anyio
+import structlog
 
 from rolecall.actors import ContainerRuntime, ContainerSpec, HookConvention, run_hook
 from rolecall.hooks_protocol import (
@@ -19,12 +21,18 @@ from rolecall.hooks_protocol import (
     plan_from_data,
 )
 
-from ._naming import LABEL_MANAGED
+from ._naming import LABEL_EXPIRES, LABEL_MANAGED
 from ._spec import ServiceSpec
 
 __all__ = ["read_plan"]
 
 _PLAN_PROBE_TIMEOUT = 60.0
+
+_PROBE_LIFETIME = 2 * _PLAN_PROBE_TIMEOUT + 60.0
+"""Seconds after its creation past which a probe container is surely
+abandoned: the probe that made it has given up on it by then."""
+
+_log = structlog.get_logger("rolecall.supervisor")
 
 
 async def read_plan(
@@ -49,6 +57,7 @@ async def read_plan(
         ) from error
 
     convention = HookConvention.from_image(image)
+    await _sweep_abandoned_probes(runtime)
     plan = await _run_plan_probe(runtime, spec, image.id, convention)
 
     return plan, convention
@@ -60,15 +69,19 @@ async def _run_plan_probe(
     image_id: str,
     convention: HookConvention,
 ) -> Plan:
-    # Known gap: a control plane killed while this container exists
-    # leaves it behind (label managed=plan-probe). Adoption does not
-    # sweep such containers: another control plane's probe of the same
-    # image carries the same labels and may be running right now.
+    # A control plane killed while this container exists leaves it behind;
+    # the next probe on the engine, by any control plane, removes it once
+    # it has expired (see `_sweep_abandoned_probes`).
     digest = hashlib.sha256(image_id.encode()).hexdigest()[:12]
+    expires = int(time.time() + _PROBE_LIFETIME)
     probe = ContainerSpec(
         name=f"rolecall-plan-{digest}-{random.randrange(1 << 30):x}",
         image=spec.image,
-        labels={**spec.labels, LABEL_MANAGED: "plan-probe"},
+        labels={
+            **spec.labels,
+            LABEL_MANAGED: "plan-probe",
+            LABEL_EXPIRES: str(expires),
+        },
     )
     info = await runtime.create_container(probe)
     try:
@@ -97,3 +110,27 @@ async def _run_plan_probe(
     finally:
         with anyio.CancelScope(shield=True):
             await runtime.remove_container(info.id)
+
+
+async def _sweep_abandoned_probes(runtime: ContainerRuntime) -> None:
+    """Remove probe containers whose control plane died while probing.
+
+    Only expired ones: a probe container of another control plane that is
+    younger may be in use right now. One without the label (made before it
+    existed) is left alone for the same reason. A failure to sweep never
+    stops a probe: the leftovers wait for the next one.
+    """
+    now = time.time()
+    try:
+        probes = await runtime.list_containers(labels={LABEL_MANAGED: "plan-probe"})
+        for info in probes:
+            expires = info.labels.get(LABEL_EXPIRES, "")
+            if expires.isdigit() and int(expires) < now:
+                await runtime.remove_container(info.id)
+                _log.info(
+                    "plan_probe_swept",
+                    container=info.name,
+                    reason="left by a control plane that stopped while probing",
+                )
+    except RolecallError as error:
+        _log.warning("plan_probe_sweep_failed", error=str(error))

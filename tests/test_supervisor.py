@@ -3,6 +3,7 @@ errors and the lifecycle of services and of the supervisor itself."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from supervisor_support import (
     write_keys,
 )
 
-from rolecall.actors import ContainerState
+from rolecall.actors import ContainerSpec, ContainerState
 from rolecall.hooks_protocol import (
     HookName,
     Role,
@@ -33,6 +34,7 @@ from rolecall.hooks_protocol import (
     UnsupportedTopologyError,
 )
 from rolecall.supervisor import LABEL_SERVICE, ServiceEvent, open_supervisor
+from rolecall.supervisor._naming import LABEL_EXPIRES, LABEL_MANAGED
 from rolecall.testing import (
     FakeHookCall,
     FakeHookExit,
@@ -458,3 +460,42 @@ class TestLifecycle:
         assert slow.member("slow-1").role is Role.STANDALONE
         assert runtime.killed_execs == 1
         assert runtime.running_execs == 0
+
+
+class TestPlanProbeLeftovers:
+    """Probe containers a dead control plane left are swept once expired."""
+
+    async def test_only_expired_probe_containers_are_removed(self) -> None:
+        """A plan probe removes expired leftovers, and keeps probes that may
+        still be in use (not yet expired, or made before the label)."""
+        runtime = kv_runtime()
+        now = int(time.time())
+        leftovers = {
+            "expired": {LABEL_EXPIRES: str(now - 1)},
+            "in-use": {LABEL_EXPIRES: str(now + 600)},
+            "unlabelled": {},
+        }
+        for name, labels in leftovers.items():
+            await runtime.create_container(
+                ContainerSpec(
+                    name=f"rolecall-plan-{name}",
+                    image=KV,
+                    labels={LABEL_MANAGED: "plan-probe", **labels},
+                )
+            )
+
+        with anyio.fail_after(LIMIT), capture_logs() as logs:
+            async with open_supervisor(runtime, probe_interval=PROBE) as supervisor:
+                await supervisor.apply(service_spec())
+                left = await runtime.list_containers(
+                    labels={LABEL_MANAGED: "plan-probe"}
+                )
+
+        swept = [
+            line["container"] for line in logs if line["event"] == "plan_probe_swept"
+        ]
+        assert swept == ["rolecall-plan-expired"]
+        assert sorted(c.name for c in left) == [
+            "rolecall-plan-in-use",
+            "rolecall-plan-unlabelled",
+        ]
