@@ -252,12 +252,37 @@ class DockerRuntime(_DockerArchive):
 
         return sorted(str(network["Name"]) for network in found)
 
-    async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None:
-        """Create a named volume unless it exists (the engine makes it so)."""
-        config = {"Name": name, "Labels": dict(labels)}
-        volumes = self._client().volumes
+    async def create_volume(
+        self, name: str, *, labels: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Create a named volume unless it exists (the engine makes it so).
+
+        Returns:
+            The labels it carries: the engine answers a create of a name it
+            has with the existing volume, its first creator's labels
+            unchanged.
+        """
+        config = json.dumps({"Name": name, "Labels": dict(labels)})
         with self._translated(what=f"create volume {name!r}"):
-            await volumes.create(config)  # type: ignore[no-untyped-call]
+            # aiodocker's own create keeps only the name of the answer.
+            raw = await self._client()._query_json(
+                "volumes/create", method="POST", data=config.encode()
+            )
+
+        return _str_dict(raw.get("Labels"))
+
+    async def volume_labels(self, name: str) -> dict[str, str] | None:
+        """The labels of a named volume; ``None`` when there is none."""
+        with self._translated(what=f"inspect volume {name!r}"):
+            try:
+                raw = await self._client()._query_json(f"volumes/{name}")
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+
+                return None
+
+        return _str_dict(raw.get("Labels"))
 
     async def remove_volume(self, name: str) -> None:
         """Remove a named volume; one already gone is not an error."""

@@ -340,10 +340,25 @@ class _FakeEngine:
             if _carries(carried, labels)
         ]
 
-    async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None:
-        """Create a volume unless one of that name exists."""
+    async def create_volume(
+        self, name: str, *, labels: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Create a volume unless one of that name exists.
+
+        Returns:
+            The labels it carries: its first creator's, as on an engine.
+        """
         await anyio.lowlevel.checkpoint()
-        self._volumes.setdefault(name, _Volume(labels=dict(labels)))
+        volume = self._volumes.setdefault(name, _Volume(labels=dict(labels)))
+
+        return dict(volume.labels)
+
+    async def volume_labels(self, name: str) -> dict[str, str] | None:
+        """The labels of a volume; ``None`` when there is none."""
+        await anyio.lowlevel.checkpoint()
+        volume = self._volumes.get(name)
+
+        return None if volume is None else dict(volume.labels)
 
     async def remove_volume(self, name: str) -> None:
         """Remove a volume and its data; one already gone is not an error.

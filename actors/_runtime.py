@@ -278,8 +278,21 @@ class ContainerRuntime(Protocol):
         """Remove a network; one already gone is not an error."""
         ...
 
-    async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None:
-        """Create a named volume unless it exists."""
+    async def create_volume(
+        self, name: str, *, labels: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Create a named volume unless it exists.
+
+        Returns:
+            The labels the volume carries: ``labels`` when this call made
+            it, the ones it was made with when it existed. Of two calls
+            racing on one name, the engine makes the volume once and both
+            get that one's labels, which is what a claim relies on.
+        """
+        ...
+
+    async def volume_labels(self, name: str) -> dict[str, str] | None:
+        """The labels of a named volume; ``None`` when there is none."""
         ...
 
     async def remove_volume(self, name: str) -> None:

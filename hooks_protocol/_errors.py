@@ -29,6 +29,7 @@ one ``except RolecallError`` to catch them all::
     │   └── AskTimeoutError         no reply came in time
     ├── FailoverError               no member can safely become primary
     ├── ConvergenceTimeoutError     a service did not reach its desired state
+    ├── ServiceClaimedError         another control plane manages the service
     └── StateError                  the control plane's state directory is unusable
         ├── StateCorruptError       a journal file is truncated or damaged
         └── StateLockedError        another control plane holds the directory
@@ -63,6 +64,7 @@ __all__ = [
     "ProtocolError",
     "ProtocolVersionError",
     "RolecallError",
+    "ServiceClaimedError",
     "SpecError",
     "StateCorruptError",
     "StateError",
@@ -374,6 +376,35 @@ class ConvergenceTimeoutError(RolecallError):
         self.service = service
         self.timeout = timeout
         self.last_error = last_error
+
+
+class ServiceClaimedError(RolecallError):
+    """Another control plane holds the engine's claim on a service.
+
+    Attributes:
+        service: The service claimed.
+        owner: The id of the control plane that holds the claim.
+        host: The host it ran on when it claimed, as it said.
+        pid: Its process id then, if it said.
+        since: When it claimed (UTC, ISO 8601), as it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        owner: str,
+        host: str,
+        pid: int | None,
+        since: str,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.owner = owner
+        self.host = host
+        self.pid = pid
+        self.since = since
 
 
 # -- durable state ----------------------------------------------------------

@@ -33,7 +33,7 @@ from ._control_client import open_control_client
 from ._errors import ControlError, RunnerUnavailableError
 from ._inspect import describe_services, remove_service
 from ._logging import Redactor
-from ._run_command import run_runner
+from ._run_command import TAKE_OVER_ALL, run_runner
 from ._runner import HISTORY
 from ._state_dir import SOCKET_NAME, default_state_dir
 
@@ -55,6 +55,7 @@ async def run_command(args: argparse.Namespace, *, redactor: Redactor) -> int:
             docker_url=args.docker_url,
             probe_interval=args.probe_interval,
             redactor=redactor,
+            take_over=TAKE_OVER_ALL if args.take_over_all else set(args.take_over),
         )
         return EXIT_OK
 

@@ -129,7 +129,10 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         " and leaves the containers running; SIGHUP reads the file again (a"
         " file with errors is rejected and the running state kept). Logs go"
         " to stderr: key=value on a terminal, JSON lines otherwise."
-        " The schema is in docs/control-api.md.",
+        " The schema is in docs/control-api.md. A service another control"
+        " plane (another state directory) claimed on the engine is left to"
+        " it and shown as failed, with who holds it; --take-over moves the"
+        " claim here once that one is gone.",
         epilog="example: rolecall run examples/cache.toml --log-level info",
         formatter_class=_FORMATTER,
     )
@@ -141,6 +144,20 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=2.0,
         metavar="SECONDS",
         help="seconds between health passes of each service (default: 2)",
+    )
+    run.add_argument(
+        "--take-over",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="take SERVICE over from another control plane that claimed it"
+        " and is gone for good (repeatable); never for one that still runs",
+    )
+    run.add_argument(
+        "--take-over-all",
+        action="store_true",
+        help="take over every service of the spec file that another control"
+        " plane claimed",
     )
     run.add_argument(
         "--log-level",

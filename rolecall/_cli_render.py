@@ -82,7 +82,9 @@ def _print_services(services: list[dict[str, Any]], out: TextIO) -> None:
             last = f"{ago} ago, {change['kind']}: {change['detail']}"
         else:
             last = "-"
-        if service.get("last_error"):
+        if service.get("failure"):
+            last = f"FAILED: {service['failure']}"
+        elif service.get("last_error"):
             last += f" (last error: {service['last_error']})"
         print(
             f"{service['name']!s:<12} {service['topology']!s:<11}"

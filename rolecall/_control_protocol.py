@@ -298,6 +298,7 @@ def status_to_data(
         "primary": status.primary,
         "failover_paused": status.failover_paused,
         "last_error": status.last_error,
+        "failure": status.failure,
         "last_change": None if last_change is None else event_to_data(last_change),
         "members": [
             {

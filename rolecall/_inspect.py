@@ -26,7 +26,12 @@ from rolecall.hooks_protocol import (
     RolecallError,
     status_from_data,
 )
-from rolecall.supervisor import LABEL_MANAGED, LABEL_MEMBER, LABEL_SERVICE
+from rolecall.supervisor import (
+    LABEL_MANAGED,
+    LABEL_MEMBER,
+    LABEL_SERVICE,
+    drop_claim,
+)
 
 __all__ = ["describe_services", "remove_service"]
 
@@ -63,7 +68,8 @@ async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
 
 
 async def remove_service(runtime: ContainerRuntime, service: str) -> list[str]:
-    """Remove a service's containers, volumes and network by their labels.
+    """Remove a service's containers, volumes and network by their labels,
+    and its claim.
 
     Returns:
         The names of the containers removed; empty when the engine holds
@@ -79,6 +85,10 @@ async def remove_service(runtime: ContainerRuntime, service: str) -> list[str]:
 
     for network in await runtime.list_networks(labels=labels):
         await runtime.remove_network(network)
+
+    # The claim last, whoever holds it: this is how what a control plane
+    # that is gone left behind is cleared.
+    await drop_claim(runtime, service)
 
     return sorted(container.name for container in containers)
 

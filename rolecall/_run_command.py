@@ -14,10 +14,12 @@ runner is still starting (building an image, say) is handled too.
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -32,16 +34,25 @@ from rolecall.supervisor import open_supervisor
 
 from ._control_server import serve_control
 from ._crash_switch import crash_switch
+from ._errors import SpecFileError
 from ._logging import Redactor
 from ._runner import Runner
 from ._spec_file import SpecFile, load_spec_file
 from ._state_dir import SOCKET_NAME, hold_state_dir
 
-__all__ = ["open_runner", "run_runner"]
+__all__ = ["TAKE_OVER_ALL", "open_runner", "run_runner"]
 
 _log = structlog.get_logger("rolecall.runner")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _All(enum.Enum):
+    SERVICES = "all"
+
+
+TAKE_OVER_ALL = _All.SERVICES
+"""Take over every service of the spec file (``--take-over-all``)."""
 
 
 async def run_runner(
@@ -51,6 +62,7 @@ async def run_runner(
     docker_url: str | None = None,
     probe_interval: float = 2.0,
     redactor: Redactor | None = None,
+    take_over: AbstractSet[str] | _All = frozenset(),
 ) -> None:
     """Run the control plane for a spec file until SIGTERM or SIGINT.
 
@@ -62,9 +74,12 @@ async def run_runner(
         probe_interval: Seconds between health passes of each service.
         redactor: Masks secret values in log lines; given the spec file's
             secrets as they are read.
+        take_over: Services (or `TAKE_OVER_ALL`) whose claim another control
+            plane holds to take over at the start (see `Runner.load`).
 
     Raises:
-        SpecFileError: The spec file cannot be read or breaks the schema.
+        SpecFileError: The spec file cannot be read or breaks the schema,
+            or ``take_over`` names a service it lacks.
         StateDirLockedError: Another runner uses ``state_dir``.
         EngineUnavailableError: No engine answers.
         RolecallError: A service of the spec cannot be started.
@@ -77,7 +92,9 @@ async def run_runner(
         redactor=redactor or Redactor(),
     )
     # Read once before anything else, so a broken file fails at once.
-    process.redactor.update(load_spec_file(spec_path).secrets())
+    spec_file = load_spec_file(spec_path)
+    process.take_over = _taken_over(spec_file, take_over)
+    process.redactor.update(spec_file.secrets())
     with (
         anyio.open_signal_receiver(*_STOP_SIGNALS, signal.SIGHUP) as signals,
         hold_state_dir(state_dir),
@@ -99,6 +116,7 @@ async def open_runner(
     redactor: Redactor | None = None,
     docker_url: str | None = None,
     allowed_uid: int | None = None,
+    take_over: AbstractSet[str] = frozenset(),
 ) -> AsyncIterator[Runner]:
     """Run a runner, its control socket included, in the caller's loop.
 
@@ -120,6 +138,8 @@ async def open_runner(
         docker_url: The engine's address, for building example images.
         allowed_uid: The user allowed on the socket; this process's own
             by default.
+        take_over: Services to take over from another control plane that
+            claimed them (see `Runner.load`).
 
     Raises:
         StateCorruptError: A journal record is damaged (the message says
@@ -146,7 +166,7 @@ async def open_runner(
             docker_url=docker_url,
         )
         group.start_soon(runner.record_events, name="runner-history")
-        await runner.load(spec_file, resume=True)
+        await runner.load(spec_file, resume=True, take_over=take_over)
         listener = await anyio.create_unix_listener(socket_path, mode=0o600)
         group.start_soon(
             partial(serve_control, listener, runner, allowed_uid=allowed_uid),
@@ -168,6 +188,8 @@ class _RunnerProcess:
     docker_url: str | None
     probe_interval: float
     redactor: Redactor
+    # Services to take over from another control plane at the start.
+    take_over: AbstractSet[str] = frozenset()
     # Set once the services are applied and the socket listens.
     ready: anyio.Event = field(factory=anyio.Event)
     # The runner, once `ready` is set.
@@ -188,6 +210,7 @@ class _RunnerProcess:
                     probe_interval=self.probe_interval,
                     redactor=self.redactor,
                     docker_url=self.docker_url,
+                    take_over=self.take_over,
                 ) as runner,
             ):
                 self.runner = runner
@@ -228,3 +251,24 @@ class _RunnerProcess:
         await self.ready.wait()
         assert self.runner is not None  # noqa: S101  (set before `ready`)
         await self.runner.reload()
+
+
+def _taken_over(spec_file: SpecFile, wanted: AbstractSet[str] | _All) -> frozenset[str]:
+    """The services to take over, checked against the spec file.
+
+    Raises:
+        SpecFileError: ``wanted`` names a service the file lacks.
+    """
+    if wanted is TAKE_OVER_ALL:
+        return frozenset(spec_file.services)
+
+    unknown = sorted(set(wanted) - set(spec_file.services))
+    if unknown:
+        known = ", ".join(sorted(spec_file.services)) or "none"
+        raise SpecFileError(
+            f"--take-over names service {unknown[0]!r}, which the spec file"
+            f" does not have (it has: {known})",
+            path=spec_file.path,
+        )
+
+    return frozenset(wanted)

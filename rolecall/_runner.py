@@ -13,6 +13,7 @@ import collections
 import os
 import time
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,13 @@ class Runner:
 
     # -- spec file -----------------------------------------------------------
 
-    async def load(self, spec_file: SpecFile, *, resume: bool = False) -> list[str]:
+    async def load(
+        self,
+        spec_file: SpecFile,
+        *,
+        resume: bool = False,
+        take_over: AbstractSet[str] = frozenset(),
+    ) -> list[str]:
         """Make the file's services the desired state.
 
         Services whose entry did not change since the last accepted file
@@ -116,6 +123,10 @@ class Runner:
             resume: At the runner's start: keep a conversion the journal
                 holds while the file asks for the same topology and
                 replicas as when it was made.
+            take_over: At the runner's start: services whose claim another
+                control plane holds, to take over (`Supervisor.apply`'s
+                ``take_over``). A reload takes over nothing: a claim taken
+                meanwhile belongs to a control plane that runs.
 
         Returns:
             The services applied.
@@ -138,7 +149,9 @@ class Runner:
 
         for name in sorted(changed):
             self._note_conversion_undone(specs[name])
-            await self.supervisor.apply(specs[name], resume=resume)
+            await self.supervisor.apply(
+                specs[name], resume=resume, take_over=name in take_over
+            )
 
         # A service supervision gave up on is taken up again by a reload
         # even when its entry did not change: that is what its failure
@@ -259,6 +272,7 @@ class Runner:
             "protocol": CONTROL_PROTOCOL,
             "spec": str(self.spec_path),
             "state_dir": str(self.state_dir),
+            "control_plane": self.supervisor.identity.id,
             "started_at": self.started_at,
         }
 

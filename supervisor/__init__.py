@@ -7,7 +7,9 @@ it so and keeps it so.
 
 from __future__ import annotations
 
+from ._claim import ClaimOwner, claim_name, drop_claim
 from ._dead_letters import DeadLetter
+from ._identity import ControlPlaneIdentity
 from ._journal import JOURNAL_DIR, Journal
 from ._member_hooks import DATA_HOOKS, backup_member, run_member_hook
 from ._naming import (
@@ -44,6 +46,8 @@ __all__ = [
     "LABEL_NUMBER",
     "LABEL_SERVICE",
     "ApplyRole",
+    "ClaimOwner",
+    "ControlPlaneIdentity",
     "CreateMember",
     "DeadLetter",
     "FenceMember",
@@ -65,6 +69,8 @@ __all__ = [
     "backup_member",
     "check_plan",
     "choose_primary",
+    "claim_name",
+    "drop_claim",
     "open_supervisor",
     "plan_steps",
     "run_member_hook",

@@ -13,9 +13,10 @@ it is logged, counted as a restart of the pass, and backed off, so one
 service's bug never takes the supervisor or another service down.
 
 The controller is built from mixins over `ControllerState`: observing,
-acting, switchover, adoption, reporting a pass's outcome, and this
-module's loop and public calls. Its
-first pass adopts the service's containers before it plans anything.
+acting, switchover, adoption, reporting a pass's outcome, holding the
+service's claim, and this module's loop and public calls. Every pass
+checks the claim on the engine first (see ``_claim``); the first then
+adopts the service's containers before it plans anything.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rolecall.hooks_protocol import (
 
 from ._adoption import Adopting
 from ._candidates import fence_lost_writers, promotes, refresh_candidates
+from ._claiming import Claiming
 from ._configuring import Configuring
 from ._dead_letters import CrashWatch
 from ._members import Member
@@ -52,7 +54,7 @@ _log = structlog.get_logger("rolecall.supervisor")
 
 
 @define(eq=False)
-class ServiceController(Adopting, Configuring, Reporting):
+class ServiceController(Adopting, Configuring, Reporting, Claiming):
     """Drives one service toward its spec and supervises its members.
 
     Args:
@@ -297,10 +299,7 @@ class ServiceController(Adopting, Configuring, Reporting):
         generation = self.generation
         steps: list[Step] = []
         try:
-            self._settle()
-            if not self.adopted:
-                await self.adopt()
-
+            await self._begin()
             await self.observe()
             # A reconcile pass runs between two switchovers.
             if self._switchovers and not self._switched:
@@ -344,8 +343,7 @@ class ServiceController(Adopting, Configuring, Reporting):
             record.outcome = "acted" if done else "cut_short"
             self._report_withheld()
         except RolecallError as error:
-            record.outcome = "failed"
-            self._failed(error)
+            record.outcome = self._failed(error)
         else:
             if steps:
                 self.last_error = None
@@ -355,6 +353,13 @@ class ServiceController(Adopting, Configuring, Reporting):
         finally:
             passed, self.passed = self.passed, anyio.Event()
             passed.set()
+
+    async def _begin(self) -> None:
+        self._settle()
+        # The claim first: nothing of the service is touched before it.
+        await self.hold_claim()
+        if not self.adopted:
+            await self.adopt()
 
     def _plan(self, *, passed_over: frozenset[str] = frozenset()) -> list[Step]:
         return plan_steps(

@@ -27,6 +27,7 @@ from rolecall.hooks_protocol import MailboxFullError, MemberInfo, Plan, Topology
 
 from ._dead_letters import DeadLetterLog
 from ._durable import save_snapshot
+from ._identity import ControlPlaneIdentity, process_identity
 from ._journal import Journal
 from ._members import Member, MemberSpawner
 from ._records import MemberView, ServiceEvent, ServiceStatus
@@ -147,6 +148,14 @@ class ControllerState:
     # Whether the service's containers on the engine have been adopted; no
     # step is planned before.
     adopted: bool = False
+    # Who this control plane is, as the service's claim names it.
+    identity: ControlPlaneIdentity = field(factory=process_identity)
+    # Whether the service's claim on the engine is ours, as far as this
+    # controller knows; every pass checks it (see ``_claiming``).
+    claimed: bool = False
+    # Whether the next claim may replace another control plane's; cleared
+    # once the claim is ours.
+    take_over: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.source = (self.spec.topology, self.spec.replicas)

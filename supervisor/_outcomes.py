@@ -1,8 +1,9 @@
 """What a pass's outcome does to a controller: backoffs, events, errors.
 
 A pass ends settled (converged, or degraded with nothing to do), failed on
-an error of the tree (backed off, ``step_failed``), or crashed on a bug
-(backed off, counted as a restart, ``pass_crashed``).
+an error of the tree (backed off, ``step_failed``), refused by another
+control plane's claim on the service (given up on, ``service_failed``), or
+crashed on a bug (backed off, counted as a restart, ``pass_crashed``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from rolecall.hooks_protocol import HookError, RolecallError
+from rolecall.hooks_protocol import HookError, RolecallError, ServiceClaimedError
 
 from ._controller_state import ControllerState
 
@@ -78,7 +79,18 @@ class Reporting(ControllerState):
         self.retry_at = 0.0
         self.last_error = None
 
-    def _failed(self, error: RolecallError) -> None:
+    def _failed(self, error: RolecallError) -> str:
+        """Back off after a failed pass, or give up on a service another
+        control plane claims.
+
+        Returns:
+            The pass's outcome: ``failed``, or ``refused`` for the claim.
+        """
+        if isinstance(error, ServiceClaimedError):
+            self.claimed = False
+            self.give_up(str(error))
+            return "refused"
+
         now = anyio.current_time()
         delay = self.pass_backoff.fail(now)
         self.retry_at = now + delay
@@ -103,6 +115,8 @@ class Reporting(ControllerState):
             error_type=error_type,
             exit_code=exit_code,
         )
+
+        return "failed"
 
     def _crashed(self, error: Exception) -> None:
         now = anyio.current_time()

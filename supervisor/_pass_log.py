@@ -33,8 +33,9 @@ class PassRecord:
     configured: int = 0
     # How the pass ended: ``idle`` (nothing to do), ``acted`` (every step
     # ran), ``cut_short`` (a loss, a backoff or a newer request ended the
-    # steps early), ``switchover``, ``failed`` (a step failed), ``crashed``
-    # (an unexpected error) or ``cancelled`` (the controller is closing).
+    # steps early), ``switchover``, ``failed`` (a step failed), ``refused``
+    # (another control plane holds the service's claim), ``crashed`` (an
+    # unexpected error) or ``cancelled`` (the controller is closing).
     outcome: str = "idle"
 
     def log(self, *, converged: bool) -> None:

@@ -28,9 +28,11 @@ from rolecall.hooks_protocol import (
     Topology,
 )
 
+from ._claim import drop_claim
 from ._controller import ServiceController
 from ._durable import load_records, snapshot
 from ._engine_watch import forward_engine_events
+from ._identity import ControlPlaneIdentity, load_identity, process_identity
 from ._journal import Journal
 from ._members import MemberSpawner
 from ._naming import LABEL_MANAGED, LABEL_SERVICE, network_name
@@ -77,10 +79,14 @@ class Supervisor:
     records: dict[str, ServiceRecord] = field(factory=dict)
     # Called with every timeline event as it happens, before subscribers.
     on_event: Callable[[ServiceEvent], None] | None = None
+    # Who this control plane is, as its claims on services name it.
+    identity: ControlPlaneIdentity = field(factory=process_identity)
 
     # -- desired state -------------------------------------------------------
 
-    async def apply(self, spec: ServiceSpec, *, resume: bool = False) -> None:
+    async def apply(
+        self, spec: ServiceSpec, *, resume: bool = False, take_over: bool = False
+    ) -> None:
         """Make ``spec`` the desired state of its service.
 
         The spec is checked, and the image's ``plan`` probed, before any of
@@ -94,6 +100,12 @@ class Supervisor:
                 holds a conversion made since a spec with this spec's
                 topology and replicas, keep the converted shape (the runner
                 does so at its start). Without it ``spec`` is taken as it is.
+            take_over: Let the service's next claim replace another control
+                plane's (see ``_claim``): for a control plane that is gone
+                for good, never for one that runs. Without it a service
+                another control plane claims is given up on at its first
+                pass, with a `ServiceClaimedError` message that names the
+                other.
 
         Raises:
             SpecError: The spec is invalid, the image cannot serve it, or
@@ -115,7 +127,7 @@ class Supervisor:
         if resume and record is not None and kept:
             spec = evolve(spec, topology=record.topology, replicas=record.replicas)
 
-        await self._apply(spec, source=source, record=record)
+        await self._apply(spec, source=source, record=record, take_over=take_over)
 
     async def _apply(
         self,
@@ -123,12 +135,14 @@ class Supervisor:
         *,
         source: tuple[Topology, int] | None,
         record: ServiceRecord | None = None,
+        take_over: bool = False,
     ) -> None:
         """Apply a checked spec; ``source`` None marks a conversion."""
         await self.check(spec)
         plan, convention = await self.probe_plan(spec)
         controller = self.controllers.get(spec.name)
         if controller is not None:
+            controller.take_over |= take_over
             controller.update(spec, converting=source is None)
             return
 
@@ -142,6 +156,8 @@ class Supervisor:
             probe_interval=self.probe_interval,
             journal=self.journal,
             journaled=record,
+            identity=self.identity,
+            take_over=take_over,
         )
         if source is not None:
             controller.source = source
@@ -211,12 +227,16 @@ class Supervisor:
         return await self._controller(service).wait_converged(timeout=timeout)
 
     async def remove(self, service: str) -> None:
-        """Tear a service down: its members, volumes and network.
+        """Tear a service down: its members, volumes and network, and last
+        its claim.
 
         Raises:
             SpecError: No such service.
+            ServiceClaimedError: Another control plane manages it; nothing
+                was removed.
         """
         controller = self._controller(service)
+        await controller.hold_claim()
         del self.controllers[service]
         await controller.aclose(remove=True)
         if self.journal is not None:
@@ -231,6 +251,8 @@ class Supervisor:
             await self.runtime.remove_volume(volume)
 
         await self.runtime.remove_network(network_name(service))
+        # Last: while anything of the service is left, it stays claimed.
+        await drop_claim(self.runtime, service)
         _log.info("service_removed", service=service)
 
     def take_up(self, service: str) -> bool:
@@ -454,9 +476,11 @@ async def open_supervisor(
         runtime: The engine to manage containers on.
         probe_interval: Seconds between health passes of each service.
         state_dir: Where the journal lives (see ``_journal``); its records
-            are read, and its lock held, for the block. ``None`` keeps
-            nothing on disk: adoption then learns from labels and ``status``
-            alone.
+            are read, and its lock held, for the block. It also keeps the
+            control plane's id, which its claims on services name (see
+            ``_identity``). ``None`` keeps nothing on disk: adoption then
+            learns from labels and ``status`` alone, and the id is the
+            process's.
         on_event: Called with every timeline event the moment it happens,
             in the task that caused it; it must not block.
 
@@ -464,10 +488,14 @@ async def open_supervisor(
         StateCorruptError: A journal record is damaged; the message says
             which and what to do.
         StateLockedError: Another control plane holds ``state_dir``.
+        StateError: The control plane's id cannot be read or written.
     """
     journal = Journal.open(state_dir) if state_dir is not None else None
     try:
         records = load_records(journal) if journal is not None else {}
+        identity = (
+            load_identity(state_dir) if state_dir is not None else process_identity()
+        )
         async with anyio.create_task_group() as group:
             actors = ActorSpawner(group)
             supervisor = Supervisor(
@@ -478,6 +506,7 @@ async def open_supervisor(
                 journal=journal,
                 records=records,
                 on_event=on_event,
+                identity=identity,
             )
             group.start_soon(supervisor.watch_engine, name="engine-events")
             try:

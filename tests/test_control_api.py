@@ -123,6 +123,8 @@ class TestOperations:
         assert runner["spec"] == str(lab.spec_path)
         assert runner["state_dir"] == str(tmp_path)
         assert runner["protocol"] == 1
+        identity = (tmp_path / "control-plane-id").read_text().strip()
+        assert runner["control_plane"] == identity
         assert service.pop("last_change")["kind"] == "converged"
         assert service == {
             "name": "cache",
@@ -135,6 +137,7 @@ class TestOperations:
             "primary": "cache-1",
             "failover_paused": False,
             "last_error": None,
+            "failure": None,
         }
         assert (member["id"], member["role"], member["state"]) == (
             "cache-1",
