@@ -708,3 +708,19 @@ class TestNetworksAndVolumes:
         await docker_runtime.remove_volume(name)
         await docker_runtime.remove_volume(name)
         assert await docker_runtime.list_volumes(labels=docker_labels.labels) == []
+
+    async def test_a_volume_keeps_its_first_creators_labels(
+        self, docker_runtime: DockerRuntime, docker_labels: DockerLab
+    ) -> None:
+        """A second create of a name answers with the labels the volume was
+        made with, as inspecting it does; a missing volume has none."""
+        name = docker_labels.name("claim")
+        first = {**docker_labels.labels, "io.rolecall.owner": "first"}
+        second = {**docker_labels.labels, "io.rolecall.owner": "second"}
+        made = await docker_runtime.create_volume(name, labels=first)
+        found = await docker_runtime.create_volume(name, labels=second)
+        read = await docker_runtime.volume_labels(name)
+        await docker_runtime.remove_volume(name)
+
+        assert made == found == read == first
+        assert await docker_runtime.volume_labels(name) is None

@@ -809,6 +809,19 @@ class TestVolumesAndNetworks:
         assert cache == ["v1"]
         assert left == ["v2"]
 
+    async def test_a_volume_keeps_its_first_creators_labels(self) -> None:
+        """A second create of a name answers with the labels the volume was
+        made with, as an engine does; a missing volume has none."""
+        with anyio.fail_after(TIMEOUT):
+            runtime = _runtime()
+            made = await runtime.create_volume("v", labels=LABELS)
+            found = await runtime.create_volume("v", labels=OTHER_LABELS)
+            read = await runtime.volume_labels("v")
+            missing = await runtime.volume_labels("w")
+
+        assert made == found == read == LABELS
+        assert missing is None
+
     async def test_volume_data_outlives_its_container(self) -> None:
         """Data a hook keeps on a volume is there for the next container."""
 
