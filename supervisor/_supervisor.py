@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 from attrs import define, evolve, field
 
 from rolecall.actors import (
@@ -24,6 +24,7 @@ from rolecall.actors import (
 )
 from rolecall.hooks_protocol import (
     Plan,
+    ServiceClaimedError,
     SpecError,
     Topology,
 )
@@ -47,12 +48,11 @@ from ._spec import (
     check_plan,
     validate_spec,
 )
+from ._timeline import Timeline
 
 __all__ = ["Supervisor", "open_supervisor"]
 
 _log = structlog.get_logger("rolecall.supervisor")
-
-_EVENT_BUFFER = 1024
 
 
 @define(eq=False)
@@ -71,14 +71,12 @@ class Supervisor:
     controllers: dict[str, ServiceController] = field(factory=dict)
     # Plans already probed, by image reference.
     plans: dict[str, tuple[Plan, HookConvention]] = field(factory=dict)
-    # Open timeline subscriptions; closed ones are dropped on the next emit.
-    subscribers: list[MemoryObjectSendStream[ServiceEvent]] = field(factory=list)
     # Where services' records are kept; None keeps nothing on disk.
     journal: Journal | None = None
     # Records read at open, by service, until the service is applied.
     records: dict[str, ServiceRecord] = field(factory=dict)
-    # Called with every timeline event as it happens, before subscribers.
-    on_event: Callable[[ServiceEvent], None] | None = None
+    # Every service's events, to a callback and to subscribers.
+    timeline: Timeline = field(factory=Timeline)
     # Who this control plane is, as its claims on services name it.
     identity: ControlPlaneIdentity = field(factory=process_identity)
 
@@ -152,7 +150,7 @@ class Supervisor:
             convention=convention,
             runtime=self.runtime,
             spawner=MemberSpawner(self.runtime, self.actors),
-            emit=self._emit,
+            emit=self.timeline.emit,
             probe_interval=self.probe_interval,
             journal=self.journal,
             journaled=record,
@@ -386,15 +384,8 @@ class Supervisor:
         A subscriber that falls more than 1,024 events behind misses the
         overflow (logged), so a slow reader never stalls the supervisor.
         """
-        send, receive = anyio.create_memory_object_stream[ServiceEvent](_EVENT_BUFFER)
-        self.subscribers.append(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            send.close()
-            if send in self.subscribers:
-                self.subscribers.remove(send)
+        async with self.timeline.open() as events:
+            yield events
 
     # -- plans ---------------------------------------------------------------
 
@@ -434,26 +425,18 @@ class Supervisor:
 
         return controller
 
-    def _emit(self, event: ServiceEvent) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
-
-        for send in list(self.subscribers):
-            try:
-                send.send_nowait(event)
-            except anyio.WouldBlock:
-                _log.warning("timeline_subscriber_behind", kind=event.kind)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self.subscribers.remove(send)
-
     async def aclose(self, *, remove_services: bool = False) -> None:
         """Stop every controller's loop; with ``remove_services``, tear the
         services down too."""
         for name in list(self.controllers):
             if remove_services:
-                await self.remove(name)
-            else:
-                await self.controllers.pop(name).aclose(remove=False)
+                try:
+                    await self.remove(name)
+                    continue
+                except ServiceClaimedError:
+                    pass  # another control plane's: closed, not removed
+
+            await self.controllers.pop(name).aclose(remove=False)
 
 
 @asynccontextmanager
@@ -505,7 +488,7 @@ async def open_supervisor(
                 probe_interval=probe_interval,
                 journal=journal,
                 records=records,
-                on_event=on_event,
+                timeline=Timeline(on_event=on_event),
                 identity=identity,
             )
             group.start_soon(supervisor.watch_engine, name="engine-events")
