@@ -52,7 +52,11 @@ async def open_control_plane(
             restart adopts its containers and resumes from it. By default
             `DEFAULT_STATE_DIR`; ``None`` keeps nothing on disk (adoption
             then learns from labels and ``status`` hooks alone). One
-            control plane at a time may use a directory.
+            control plane at a time may use a directory. The directory
+            also keeps the control plane's id, which its claims on
+            services name: a service another control plane claimed is
+            given up on unless applied with ``take_over=True``
+            (`Supervisor.apply`); with ``None`` the id is the process's.
 
     Yields:
         The supervisor, with the operations of the runner's control API:

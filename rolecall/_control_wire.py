@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from rolecall.hooks_protocol import (
     ConvergenceTimeoutError,
     RolecallError,
+    ServiceClaimedError,
     SpecError,
 )
 
@@ -101,7 +102,7 @@ def error_code(error: BaseException) -> str:
     if isinstance(error, ConvergenceTimeoutError):
         return "timeout"
 
-    if isinstance(error, SpecError):
+    if isinstance(error, SpecError | ServiceClaimedError):
         return "refused"
 
     if isinstance(error, RolecallError):

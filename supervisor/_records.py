@@ -61,8 +61,8 @@ class ServiceStatus:
         last_error: The error that ended the last failed pass, if any.
         failover_paused: Whether promoting a replica is paused for it.
         failure: Why supervision gave up on the service (too many restarts,
-            see `Supervision`); ``None`` while it has not. Applying a spec
-            again clears it.
+            see `Supervision`, or another control plane's claim on it);
+            ``None`` while it has not. Applying a spec again clears it.
         dead_letters: Messages its member actors could not handle so far.
     """
 
@@ -122,7 +122,10 @@ class ServiceEvent:
             for at failover time), ``failover_withheld``, ``switchover``, ``converged``,
             ``degraded``, ``step_failed``, ``steps_interrupted``,
             ``pass_crashed``,
-            ``service_failed``.
+            ``service_failed`` (given up: too many restarts, or another
+            control plane claims the service), ``service_taken_over``
+            (the claim moved here from the control plane its fields
+            name).
         member: The member concerned, if one is.
         detail: A short human-readable description.
         duration: Seconds the action took, when it is an action.

@@ -117,7 +117,8 @@ async def test_a_runner_killed_after_a_step_finishes_the_change_on_restart(
     case = f"{case_label}={docker_case.labels[case_label]}"
     assert _names("ps", "-a", "--filter", f"label={case}") == containers
     assert _names("volume", "ls", "--filter", f"label={case}") == sorted(
-        f"rolecall-{member}-data" for member in members
+        [f"rolecall-claim.{service}"]
+        + [f"rolecall-{member}-data" for member in members]
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from rolecall._errors import SpecFileError
 from rolecall._images import known_images
+from rolecall._run_command import run_runner
 from rolecall._spec_file import load_spec_file
 from rolecall.hooks_protocol import Topology
 
@@ -180,3 +181,21 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "spec.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.mark.anyio
+async def test_take_over_of_a_service_the_file_lacks_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`--take-over` naming a service the file does not have stops the
+    start before the engine or the state directory is touched."""
+    spec = _write(tmp_path, FULL)
+    state = tmp_path / "state"
+    with pytest.raises(SpecFileError) as caught:
+        await run_runner(spec, state_dir=state, take_over={"cache", "nope"})
+
+    assert str(caught.value) == (
+        "--take-over names service 'nope', which the spec file does not have"
+        " (it has: cache, queue)"
+    )
+    assert not state.exists()
