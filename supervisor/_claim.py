@@ -21,8 +21,10 @@ finds its own id on it. The volume holds no data; its labels are the claim.
   taken over stops acting on the service.
 
 A claim outlives a normal stop of the control plane (the service runs on,
-and the same state directory resumes it) and is dropped, last, when the
-service is removed.
+and the same state directory resumes it). It is dropped, last, when the
+service is removed, and when it is released (no longer managed, left
+running: gone from the runner's spec file), so another control plane may
+take the service up without a take-over.
 
 Known gap: a pass checks the claim before it acts, not before each step,
 so a control plane that loses its claim mid-pass may finish that pass's
@@ -35,10 +37,11 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 
+import structlog
 from attrs import frozen
 
 from rolecall.actors import LABEL_PREFIX, ContainerRuntime
-from rolecall.hooks_protocol import ServiceClaimedError
+from rolecall.hooks_protocol import RolecallError, ServiceClaimedError
 
 from ._identity import ControlPlaneIdentity
 from ._naming import LABEL_MANAGED
@@ -54,7 +57,10 @@ __all__ = [
     "claim_name",
     "claim_service",
     "drop_claim",
+    "release_claim",
 ]
+
+_log = structlog.get_logger("rolecall.supervisor")
 
 LABEL_CLAIM = f"{LABEL_PREFIX}.claim"
 """On a claim: the service it claims."""
@@ -183,6 +189,22 @@ async def check_claim(
 async def drop_claim(runtime: ContainerRuntime, service: str) -> None:
     """Remove a service's claim, whoever holds it; gone is not an error."""
     await runtime.remove_volume(claim_name(service))
+
+
+async def release_claim(
+    runtime: ContainerRuntime, service: str, identity: ControlPlaneIdentity
+) -> None:
+    """Remove a service's claim if ``identity`` holds it; leave another's.
+
+    An engine that fails is logged (``claim_not_released``), not raised: a
+    claim left behind only makes another control plane take over.
+    """
+    try:
+        found = await runtime.volume_labels(claim_name(service))
+        if found is not None and found.get(LABEL_OWNER) == identity.id:
+            await drop_claim(runtime, service)
+    except RolecallError as error:
+        _log.warning("claim_not_released", service=service, error=str(error))
 
 
 async def _replace(

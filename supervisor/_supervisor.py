@@ -29,7 +29,7 @@ from rolecall.hooks_protocol import (
     Topology,
 )
 
-from ._claim import drop_claim
+from ._claim import drop_claim, release_claim
 from ._controller import ServiceController
 from ._durable import load_records, snapshot
 from ._engine_watch import forward_engine_events
@@ -277,7 +277,8 @@ class Supervisor:
         Its actors stop; its containers, volumes and network stay as they
         are, as when the whole control plane stops. What the journal would
         hold of it is kept, so applying it again adopts its containers as a
-        restarted control plane would.
+        restarted control plane would. Its claim, if ours, is dropped:
+        another control plane may take it up.
 
         Raises:
             SpecError: No such service.
@@ -289,6 +290,8 @@ class Supervisor:
             self.records[service] = snapshot(controller, None)
         elif controller.journaled is not None:
             self.records[service] = controller.journaled
+
+        await release_claim(self.runtime, service, self.identity)
 
         _log.info("service_released", service=service)
 

@@ -319,6 +319,46 @@ class TestLifecycle:
         assert fresh.failure is None
         assert ClaimOwner.read(await _claim(runtime)).id == _id_of(tmp_path / "b")
 
+    async def test_a_release_drops_our_claim_and_keeps_another(
+        self, tmp_path: Path
+    ) -> None:
+        """Releasing a service (left running, no longer managed) drops the
+        claim when it is ours, so another control plane may take the
+        service up without a take-over; a refused one's release leaves
+        the holder's claim."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+            ) as first:
+                await first.apply(service_spec())
+                before = await first.wait_converged("cache")
+                await first.release("cache")
+                released = await runtime.volume_labels(CLAIM)
+
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "b"
+            ) as second:
+                await second.apply(service_spec())
+                after = await second.wait_converged("cache")
+                async with (
+                    open_supervisor(
+                        runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+                    ) as again,
+                    again.open_timeline() as events,
+                ):
+                    await again.apply(service_spec())
+                    await until(events, "service_failed")
+                    await again.release("cache")
+
+                kept = ClaimOwner.read(await _claim(runtime)).id
+
+        assert released is None
+        assert after.member("cache-1").container_id == (
+            before.member("cache-1").container_id
+        )
+        assert kept == _id_of(tmp_path / "b")
+
     async def test_unclaimed_containers_are_claimed_and_adopted(
         self, tmp_path: Path
     ) -> None:
