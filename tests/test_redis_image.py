@@ -277,12 +277,14 @@ def test_recipe_tag_covers_every_file() -> None:
     paths = {f.path for f in recipe.files}
     executable = {f.path for f in recipe.files if f.executable}
     hooks = ("plan", "configure", "start", "stop", "role", "status")
+    data_hooks = ("export", "import")
 
     assert "redis" in known_images()
     assert image_tag("redis") == recipe.tag
     assert recipe.tag.startswith("rolecall/redis:")
     assert {"Dockerfile", "packages.txt", "hooks/redis_hooklib.py"} <= paths
-    assert executable == {f"hooks/{hook}" for hook in hooks}
+    assert executable == {f"hooks/{hook}" for hook in (*hooks, *data_hooks)}
+    assert "hooks/redis_snapshot.py" in paths
     assert "redis-server" in recipe.packages
 
 

@@ -346,14 +346,18 @@ def wait_until(
         time.sleep(interval)
 
 
-def launch() -> None:
+def launch(overrides: list[str] | None = None) -> None:
     """Start redis-server in the background with the written config.
+
+    Args:
+        overrides: Directives given after the config file, which win over
+            it (``["--appendonly", "no"]``) for this run only.
 
     Raises:
         rolecall_hook.HookFailed: When redis-server refuses to start.
     """
     result = subprocess.run(
-        ["redis-server", str(CONFIG_PATH)],
+        ["redis-server", str(CONFIG_PATH), *(overrides or [])],
         capture_output=True,
         text=True,
         check=False,
