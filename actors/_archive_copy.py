@@ -13,6 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 import anyio
 from attrs import define, frozen
 
+from ..hooks_protocol._errors import RolecallError
 from ._runtime import ContainerRuntime
 
 __all__ = ["DirectoryCopy", "copy_directory"]
@@ -42,13 +43,19 @@ class _Tally:
     bytes_copied: int = 0
     chunks: int = 0
     largest_chunk: int = 0
+    # What broke the source's stream, if it broke; None while it is whole.
+    source_failure: RolecallError | None = None
 
     async def count(self, archive: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in archive:
-            self.bytes_copied += len(chunk)
-            self.chunks += 1
-            self.largest_chunk = max(self.largest_chunk, len(chunk))
-            yield chunk
+        try:
+            async for chunk in archive:
+                self.bytes_copied += len(chunk)
+                self.chunks += 1
+                self.largest_chunk = max(self.largest_chunk, len(chunk))
+                yield chunk
+        except RolecallError as exc:
+            self.source_failure = exc
+            raise
 
 
 async def copy_directory(
@@ -86,7 +93,15 @@ async def copy_directory(
     tally = _Tally()
     started = anyio.current_time()
     async with source.open_archive(source_id, source_path) as archive:
-        await target.put_archive(target_id, target_path, tally.count(archive))
+        try:
+            await target.put_archive(target_id, target_path, tally.count(archive))
+        except RolecallError as exc:
+            # The target's engine client reports a source that broke
+            # mid-stream as its own failure to send; the source's error
+            # says what really happened.
+            if tally.source_failure is None or exc is tally.source_failure:
+                raise
+            raise tally.source_failure from exc
 
     return DirectoryCopy(
         bytes_copied=tally.bytes_copied,

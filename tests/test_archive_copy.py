@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from docker_support import DockerLab
@@ -22,7 +23,11 @@ from rolecall.actors import (
     open_engine_runtime,
 )
 from rolecall.actors._docker_archive import ARCHIVE_CHUNK
-from rolecall.hooks_protocol import ContainerGoneError, EngineError
+from rolecall.hooks_protocol import (
+    ContainerGoneError,
+    EngineError,
+    EngineUnavailableError,
+)
 from rolecall.testing import FakeRuntime
 
 pytestmark = pytest.mark.anyio
@@ -194,3 +199,42 @@ async def test_a_missing_directory_on_a_real_engine_is_an_engine_error(
             pass
 
     assert not isinstance(caught.value, ContainerGoneError)
+
+
+class _BreakingSource:
+    """A source whose archive stream breaks after one piece."""
+
+    @asynccontextmanager
+    async def open_archive(
+        self, container_id: str, path: str
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"x" * 512
+            raise EngineUnavailableError("source engine went away", address="a")
+
+        yield chunks()
+
+
+class _WrappingTarget:
+    """A target whose client reports any failure to send as its own."""
+
+    async def put_archive(
+        self, container_id: str, path: str, archive: AsyncIterator[bytes]
+    ) -> None:
+        try:
+            async for _ in archive:
+                pass
+        except Exception as exc:
+            raise EngineUnavailableError("target cannot send", address="b") from exc
+
+
+async def test_a_source_that_breaks_mid_copy_is_blamed_not_the_target() -> None:
+    """The error names the source's failure even when the target wraps it."""
+    with pytest.raises(EngineUnavailableError) as caught:
+        await copy_directory(
+            _BreakingSource(), "a", "/data", target=_WrappingTarget(),
+            target_id="b", target_path="/restore",
+        )  # fmt: skip
+
+    assert caught.value.address == "a"
+    assert str(caught.value) == "source engine went away"

@@ -200,7 +200,8 @@ async def test_import_refuses_a_replica_a_damaged_snapshot_and_own_files(
 ) -> None:
     """A replica refuses an import; a snapshot that does not match its
     metadata is refused and the member keeps serving its own (empty) data;
-    an export into Redis' own directory is a bad payload."""
+    an export into Redis' own directory is a bad payload; an import cut
+    short after staging completes when run again."""
     pair = ServiceSpec(
         name=docker_case.service("pair"), image=redis_image,
         labels=docker_case.labels, topology="redundant", env=ENV,
@@ -256,5 +257,31 @@ async def test_import_refuses_a_replica_a_damaged_snapshot_and_own_files(
         finally:
             await client.aclose()
 
+        # An import cut short once the snapshot was staged resumes from there.
+        await copy_directory(
+            docker_runtime, replica.container_name, "/data/exports/r",
+            target=docker_runtime, target_id=solo_container, target_path="/tmp/in",
+        )  # fmt: skip
+        await docker_runtime.exec(
+            solo_container, ["python3", "-c", _CUT_SHORT_AFTER_STAGING],
+            timeout=LIMIT, max_stdout=0, max_stderr=1000,
+        )  # fmt: skip
+        resumed = await run_member_hook(
+            here, fresh.name, solo_id, "import", {"path": "/tmp/in"}, timeout=LIMIT
+        )
+
     assert exported.data["keys"] == KEYS + 2
     assert left == 0
+    assert resumed.data["imported"] is True
+    assert resumed.data["keys"] == KEYS + 2
+
+
+# What the import hook leaves when it is killed right after staging: the
+# snapshot under /data/rolecall and a note that the import is under way.
+_CUT_SHORT_AFTER_STAGING = """import json, shutil
+meta = json.load(open("/tmp/in/rolecall-export.json"))
+shutil.copy("/tmp/in/dump.rdb", "/data/rolecall/import.rdb")
+state = json.load(open("/data/rolecall/state.json"))
+state["importing"] = meta["sha256"]
+json.dump(state, open("/data/rolecall/state.json", "w"))
+"""
