@@ -144,6 +144,18 @@ class SecondEngine:
 
         return done.stdout
 
+    def remove_labelled(self, label: str) -> None:
+        """Remove its containers and volumes carrying ``label`` (``k=v``),
+        and then its networks carrying it."""
+        filters = ("--filter", f"label={label}")
+        containers = self.docker("ps", "-aq", *filters).split()
+        if containers:
+            self.docker("rm", "-f", "-v", *containers)
+
+        for kind in ("volume", "network"):
+            for name in self.docker(kind, "ls", "-q", *filters).split():
+                self.docker(kind, "rm", name)
+
     def load_image(self, image: str) -> None:
         """Copy ``image`` from the default engine, unless it is there already.
 
@@ -528,9 +540,13 @@ def start_second_engine(owner: str) -> SecondEngine:
             )
         _children[engine.slot] = process
         _wait_until_answers(engine, process)
+        # The engine is this session's alone: what an earlier one left goes.
         leftovers = engine.docker("ps", "-aq").split()
         if leftovers:
             engine.docker("rm", "-f", "-v", *leftovers)
+        volumes = engine.docker("volume", "ls", "-q").split()
+        if volumes:
+            engine.docker("volume", "rm", "-f", *volumes)
     except BaseException:
         _release_slot(engine.slot)
         raise

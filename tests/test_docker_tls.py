@@ -20,7 +20,11 @@ from rolecall.actors import (
     TlsFiles,
     open_engine_runtime,
 )
-from rolecall.hooks_protocol import EngineTlsError, EngineUnavailableError
+from rolecall.hooks_protocol import (
+    ContainerGoneError,
+    EngineTlsError,
+    EngineUnavailableError,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -69,7 +73,8 @@ async def test_runs_a_container_over_tls(
     assert result.stdout == b"payload and done\n"
     assert result.stderr == b"oops\n"
     assert running.state is ContainerState.RUNNING
-    assert await engine2.list_containers(labels=docker_labels.labels) == []
+    with pytest.raises(ContainerGoneError):
+        await engine2.inspect_container(info.id)
     assert engine2.name == "engine2"
 
 

@@ -46,12 +46,16 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def engine2(
-    second_engine: SecondEngine, redis_image: str
+    second_engine: SecondEngine, redis_image: str, docker_case: DockerLab
 ) -> AsyncIterator[DockerRuntime]:
-    """A runtime on the second engine, over TLS, with the Redis image."""
+    """A runtime on the second engine, over TLS, with the Redis image; what
+    the test made there is removed after it."""
     second_engine.load_image(redis_image)
     async with open_engine_runtime(second_engine.engine_config()) as runtime:
         yield runtime
+
+    case = docker_case.labels[docker_support.CASE_LABEL]
+    second_engine.remove_labelled(f"{docker_support.CASE_LABEL}={case}")
 
 
 def _client(address: str | None) -> aioredis.Redis:
