@@ -19,7 +19,7 @@ import anyio
 
 from rolecall.actors import open_docker_runtime
 from rolecall.hooks_protocol import SpecError, StateError
-from rolecall.supervisor import JOURNAL_DIR, Journal
+from rolecall.supervisor import JOURNAL_DIR, Journal, stored_id
 
 from ._cli_render import (
     event_line,
@@ -178,9 +178,15 @@ async def _down_without_runner(args: argparse.Namespace) -> int:
         f" engine holds of service {args.service}",
     )
     started = time.monotonic()
+    state_dir = default_state_dir(args.state_dir)
     async with open_docker_runtime(args.docker_url) as runtime:
-        removed = await remove_service(runtime, args.service)
-    _forget_journaled(default_state_dir(args.state_dir), args.service)
+        removed = await remove_service(
+            runtime,
+            args.service,
+            owner=stored_id(state_dir),
+            take_over=args.take_over,
+        )
+    _forget_journaled(state_dir, args.service)
     if not removed:
         raise SpecError(
             f"the engine holds no container of a service named"
@@ -274,7 +280,10 @@ def _extra(args: argparse.Namespace) -> dict[str, Any]:
         return {"member": args.member, "timeout": args.timeout}
 
     if command == "down":
-        return {"confirm": args.service}
+        # Sent only when set, so a runner that predates it still answers.
+        return {"confirm": args.service} | (
+            {"take_over": True} if args.take_over else {}
+        )
 
     if command == "plan":
         return {"member": args.member}

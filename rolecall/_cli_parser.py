@@ -266,6 +266,12 @@ def _add_operations(
         "rolecall down cache",
     )
     down.add_argument("--yes", action="store_true", help="do not ask; remove at once")
+    down.add_argument(
+        "--take-over",
+        action="store_true",
+        help="remove it even though another control plane claims it (one"
+        " that is gone for good)",
+    )
 
     events = commands.add_parser(
         "events",

@@ -224,7 +224,11 @@ _OPS: dict[str, dict[str, _Arg]] = {
         "backlog": _Arg((int,)),
     },
     "plan": {"service": _SERVICE, "member": _Arg((str,))},
-    "down": {"service": _SERVICE, "confirm": _Arg((str,), required=True)},
+    "down": {
+        "service": _SERVICE,
+        "confirm": _Arg((str,), required=True),
+        "take_over": _Arg((bool,)),
+    },
 }
 
 

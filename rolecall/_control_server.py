@@ -303,8 +303,10 @@ class ControlServer:
                 code="not_confirmed",
             )
 
+        take_over = bool(args.get("take_over"))
+
         async def down() -> dict[str, Any]:
-            return await runner.down(service)
+            return await runner.down(service, take_over=take_over)
 
         return down, None
 

@@ -30,6 +30,10 @@ from rolecall.supervisor import (
     LABEL_MANAGED,
     LABEL_MEMBER,
     LABEL_SERVICE,
+    ClaimOwner,
+    claim_name,
+    claimed_error,
+    down_remedy,
     drop_claim,
 )
 
@@ -67,14 +71,42 @@ async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
     ]
 
 
-async def remove_service(runtime: ContainerRuntime, service: str) -> list[str]:
+async def remove_service(
+    runtime: ContainerRuntime,
+    service: str,
+    *,
+    owner: str | None,
+    take_over: bool = False,
+) -> list[str]:
     """Remove a service's containers, volumes and network by their labels,
     and its claim.
+
+    Args:
+        runtime: The engine.
+        service: The service.
+        owner: The id of the control plane whose state directory the
+            command was given (``None`` when it has none): a claim by
+            another stops the removal.
+        take_over: Remove it whoever claims it.
 
     Returns:
         The names of the containers removed; empty when the engine holds
         nothing of the service.
+
+    Raises:
+        ServiceClaimedError: Another control plane claims the service;
+            nothing was removed.
     """
+    claim = await runtime.volume_labels(claim_name(service))
+    if claim is not None and not take_over:
+        holder = ClaimOwner.read(claim)
+        if holder.id != owner:
+            remedy = (
+                "give this command that control plane's --state-dir, or"
+                f" {down_remedy(service)}"
+            )
+            raise claimed_error(service, holder, remedy=remedy)
+
     labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
     containers = await runtime.list_containers(labels=labels)
     for container in containers:

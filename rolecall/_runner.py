@@ -397,13 +397,13 @@ class Runner:
         status = await self.supervisor.switchover(service, member, timeout=timeout)
         return status_to_data(status, last_change=self.last_change.get(service))
 
-    async def down(self, service: str) -> dict[str, Any]:
-        """Tear a service down: containers, volumes, network."""
-        members = [m.container_name for m in self.supervisor.status(service).members]
-        await self.supervisor.remove(service)
+    async def down(self, service: str, *, take_over: bool = False) -> dict[str, Any]:
+        """Tear a service down: containers, volumes, network, claim; with
+        ``take_over`` also one another control plane claims."""
+        removed = await self.supervisor.remove(service, take_over=take_over)
         self.last_change.pop(service, None)
 
-        return {"service": service, "removed": members}
+        return {"service": service, "removed": removed}
 
 
 def _ms_since(started: float) -> int:

@@ -7,9 +7,9 @@ it so and keeps it so.
 
 from __future__ import annotations
 
-from ._claim import ClaimOwner, claim_name, drop_claim
+from ._claim import ClaimOwner, claim_name, claimed_error, down_remedy, drop_claim
 from ._dead_letters import DeadLetter
-from ._identity import ControlPlaneIdentity
+from ._identity import ControlPlaneIdentity, stored_id
 from ._journal import JOURNAL_DIR, Journal
 from ._member_hooks import DATA_HOOKS, backup_member, run_member_hook
 from ._naming import (
@@ -70,9 +70,12 @@ __all__ = [
     "check_plan",
     "choose_primary",
     "claim_name",
+    "claimed_error",
+    "down_remedy",
     "drop_claim",
     "open_supervisor",
     "plan_steps",
     "run_member_hook",
+    "stored_id",
     "validate_spec",
 ]

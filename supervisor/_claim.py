@@ -56,6 +56,8 @@ __all__ = [
     "check_claim",
     "claim_name",
     "claim_service",
+    "claimed_error",
+    "down_remedy",
     "drop_claim",
     "release_claim",
 ]
@@ -98,6 +100,11 @@ class ClaimOwner:
             since=labels.get(LABEL_CLAIMED_AT, "?"),
         )
 
+    @classmethod
+    def of(cls, error: ServiceClaimedError) -> ClaimOwner:
+        """The owner a refusal names."""
+        return cls(id=error.owner, host=error.host, pid=error.pid, since=error.since)
+
     @property
     def process(self) -> tuple[str, int | None]:
         """Host and process id."""
@@ -109,6 +116,14 @@ class ClaimOwner:
             f"{self.id or 'of unknown id'} (host {self.host}, pid"
             f" {self.pid or '?'}, since {self.since})"
         )
+
+
+def down_remedy(service: str) -> str:
+    """What `claimed_error` tells the one taking a service down to do."""
+    return (
+        f"remove it with `rolecall down {service} --take-over` (embedded:"
+        " `Supervisor.remove(name, take_over=True)`)"
+    )
 
 
 def claim_name(service: str) -> str:
@@ -153,7 +168,7 @@ async def claim_service(
         return None
 
     if not take_over:
-        raise _claimed_error(service, ClaimOwner.read(found))
+        raise claimed_error(service, ClaimOwner.read(found))
 
     await _replace(runtime, name, wanted)
     await check_claim(runtime, service, identity, labels=labels)
@@ -183,7 +198,7 @@ async def check_claim(
         )
 
     if found.get(LABEL_OWNER) != identity.id:
-        raise _claimed_error(service, ClaimOwner.read(found))
+        raise claimed_error(service, ClaimOwner.read(found))
 
 
 async def drop_claim(runtime: ContainerRuntime, service: str) -> None:
@@ -229,13 +244,27 @@ def _claim_labels(
     }
 
 
-def _claimed_error(service: str, owner: ClaimOwner) -> ServiceClaimedError:
+def claimed_error(
+    service: str, owner: ClaimOwner, *, remedy: str | None = None
+) -> ServiceClaimedError:
+    """The refusal of a service ``owner`` claims.
+
+    Args:
+        service: The service.
+        owner: Who claims it.
+        remedy: What to do when that control plane is gone for good; by
+            default, how to start this one with a take-over.
+    """
+    if remedy is None:
+        remedy = (
+            f"start this one with `rolecall run --take-over {service}`"
+            " (embedded: `Supervisor.apply(spec, take_over=True)`)"
+        )
+
     return ServiceClaimedError(
         f"service {service!r} is managed by another control plane,"
         f" {owner.describe()}: stop that one first (or take the service out"
-        " of its spec); if it is gone for good, start this one with"
-        f" `rolecall run --take-over {service}` (embedded:"
-        " `Supervisor.apply(spec, take_over=True)`)",
+        f" of its spec); if it is gone for good, {remedy}",
         service=service,
         owner=owner.id,
         host=owner.host,

@@ -29,7 +29,7 @@ class Claiming(ControllerState):
             ServiceClaimedError: Another control plane holds the claim.
             EngineError: The engine failed.
         """
-        if self.claimed:
+        if self.claimed and not self.take_over:
             await check_claim(
                 self.runtime, self.spec.name, self.identity, labels=self.spec.labels
             )

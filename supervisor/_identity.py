@@ -23,7 +23,13 @@ from attrs import frozen
 
 from rolecall.hooks_protocol import StateCorruptError, StateError
 
-__all__ = ["IDENTITY_FILE", "ControlPlaneIdentity", "load_identity", "process_identity"]
+__all__ = [
+    "IDENTITY_FILE",
+    "ControlPlaneIdentity",
+    "load_identity",
+    "process_identity",
+    "stored_id",
+]
 
 IDENTITY_FILE = "control-plane-id"
 """The file, in the state directory, that holds the control plane's id."""
@@ -83,6 +89,17 @@ def load_identity(state_dir: Path) -> ControlPlaneIdentity:
         )
 
     return ControlPlaneIdentity(id=text, host=socket.gethostname(), pid=os.getpid())
+
+
+def stored_id(state_dir: Path) -> str | None:
+    """The id kept in ``state_dir``, without making one; ``None`` when
+    there is none, or the file holds something else."""
+    try:
+        text = (state_dir / IDENTITY_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+    return text if _ID.fullmatch(text) else None
 
 
 def process_identity() -> ControlPlaneIdentity:

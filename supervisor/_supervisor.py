@@ -29,7 +29,13 @@ from rolecall.hooks_protocol import (
     Topology,
 )
 
-from ._claim import drop_claim, release_claim
+from ._claim import (
+    ClaimOwner,
+    claimed_error,
+    down_remedy,
+    drop_claim,
+    release_claim,
+)
 from ._controller import ServiceController
 from ._durable import load_records, snapshot
 from ._engine_watch import forward_engine_events
@@ -224,9 +230,17 @@ class Supervisor:
         """
         return await self._controller(service).wait_converged(timeout=timeout)
 
-    async def remove(self, service: str) -> None:
+    async def remove(self, service: str, *, take_over: bool = False) -> list[str]:
         """Tear a service down: its members, volumes and network, and last
         its claim.
+
+        Args:
+            service: The service.
+            take_over: Remove it even when another control plane claims
+                it: for one that is gone for good.
+
+        Returns:
+            The names of the containers removed.
 
         Raises:
             SpecError: No such service.
@@ -234,14 +248,24 @@ class Supervisor:
                 was removed.
         """
         controller = self._controller(service)
-        await controller.hold_claim()
+        controller.take_over |= take_over
+        try:
+            await controller.hold_claim()
+        except ServiceClaimedError as error:
+            raise claimed_error(
+                service, ClaimOwner.of(error), remedy=down_remedy(service)
+            ) from error
+
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
+        removed = sorted(
+            c.name for c in await self.runtime.list_containers(labels=labels)
+        )
         del self.controllers[service]
         await controller.aclose(remove=True)
         if self.journal is not None:
             self.journal.delete(service)
         # A pass cut short may have made a container it had not recorded
         # yet; the labels find it, and any volume it left.
-        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
         for info in await self.runtime.list_containers(labels=labels):
             await self.runtime.remove_container(info.id)
 
@@ -252,6 +276,8 @@ class Supervisor:
         # Last: while anything of the service is left, it stays claimed.
         await drop_claim(self.runtime, service)
         _log.info("service_removed", service=service)
+
+        return removed
 
     def take_up(self, service: str) -> bool:
         """Take up a service supervision gave up on, its desired state as

@@ -19,6 +19,7 @@ from supervisor_support import (
     until,
 )
 
+from rolecall._inspect import remove_service
 from rolecall.hooks_protocol import ServiceClaimedError, StateCorruptError
 from rolecall.supervisor import (
     ClaimOwner,
@@ -193,11 +194,89 @@ class TestRefusal:
             containers, volumes, _ = await service_objects(runtime)
 
         assert refused.value.owner == _id_of(tmp_path / "a")
+        assert "`rolecall down cache --take-over`" in str(refused.value)
         assert (containers, volumes) == (
             ["rolecall-cache-1"],
             ["rolecall-cache-1-data"],
         )
         assert ClaimOwner.read(await _claim(runtime)).id == _id_of(tmp_path / "a")
+
+    async def test_removing_with_take_over_removes_another_s_service(
+        self, tmp_path: Path
+    ) -> None:
+        """`remove(take_over=True)` on the refused control plane removes the
+        service's containers, volumes and claim, and names what it removed."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+            ) as first:
+                await first.apply(service_spec())
+                await first.wait_converged("cache")
+
+            async with (
+                open_supervisor(
+                    runtime, probe_interval=PROBE, state_dir=tmp_path / "b"
+                ) as second,
+                second.open_timeline() as events,
+            ):
+                await second.apply(service_spec())
+                await until(events, "service_failed")
+                removed = await second.remove("cache", take_over=True)
+
+            left = await service_objects(runtime)
+
+        assert removed == ["rolecall-cache-1"]
+        assert left == ([], [], [])
+        assert await runtime.volume_labels(CLAIM) is None
+
+
+class TestDownWithoutControlPlane:
+    """`rolecall down` with no runner removes only what its state
+    directory's control plane claimed, unless told to take over."""
+
+    @pytest.mark.parametrize(
+        ("who", "take_over", "removed"),
+        [
+            ("holder", False, True),
+            ("other", False, False),
+            ("none", False, False),
+            ("other", True, True),
+        ],
+    )
+    async def test_the_claim_decides(
+        self, tmp_path: Path, who: str, take_over: bool, removed: bool
+    ) -> None:
+        """The holder's id, or a take-over, removes; any other is refused
+        with the holder named and nothing removed."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+            ) as first:
+                await first.apply(service_spec())
+                await first.wait_converged("cache")
+
+            owner = {"holder": _id_of(tmp_path / "a"), "other": "0" * 32}.get(who)
+            try:
+                names = await remove_service(
+                    runtime, "cache", owner=owner, take_over=take_over
+                )
+            except ServiceClaimedError as error:
+                names = [str(error)]
+            left = await service_objects(runtime)
+            claim = await runtime.volume_labels(CLAIM)
+
+        if removed:
+            assert (names, left, claim) == (["rolecall-cache-1"], ([], [], []), None)
+        else:
+            assert names[0].startswith(
+                f"service 'cache' is managed by another control plane,"
+                f" {_id_of(tmp_path / 'a')} (host "
+            )
+            assert "--state-dir, or remove it with `rolecall down cache" in names[0]
+            assert left[0] == ["rolecall-cache-1"]
+            assert claim is not None
 
 
 class TestTakeOver:

@@ -33,8 +33,9 @@ async def test_a_second_runner_is_refused_then_takes_over_a_killed_first(
 ) -> None:
     """The second runner reports the first's service claimed, naming the
     first, and runs its own other service; the first keeps its containers
-    and its one master. Once the first is SIGKILLed, the second started
-    with --take-over adopts the same containers and converges."""
+    and its one master; a `down` through the second removes nothing. Once
+    the first is SIGKILLed, the second started with --take-over adopts the
+    same containers and converges."""
     shared = docker_case.service("claim")
     own = docker_case.service("own")
     first_spec = tmp_path / "first.toml"
@@ -58,6 +59,9 @@ async def test_a_second_runner_is_refused_then_takes_over_a_killed_first(
             await second.wait_for("converged", service=own)
             shown = await _status(second_state, shared)
             table = await rolecall("status", "--state-dir", str(second_state))
+            down = await rolecall(
+                "down", shared, "--yes", "--state-dir", str(second_state)
+            )
             second.signal(signal.SIGTERM)
             second_code = await second.wait_exit()
 
@@ -81,6 +85,8 @@ async def test_a_second_runner_is_refused_then_takes_over_a_killed_first(
     assert shown["failure"] == refused["detail"]
     assert shown["members"] == []
     assert f"FAILED: service {shared!r} is managed by another" in table.stdout
+    assert down.returncode == 1
+    assert f"`rolecall down {shared} --take-over`" in down.stderr
     assert second_code == 0
     assert (untouched["converged"], _containers(untouched)) == (
         True,
