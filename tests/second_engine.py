@@ -30,11 +30,8 @@ it over TLS.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +40,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attrs import frozen
+from second_engine_certs import make_ca, make_certificates
+from second_engine_slots import (
+    DATA_BASE,
+    MANUAL,
+    PORT_BASE,
+    RUN_BASE,
+    SLOTS,
+    SecondEngineError,
+    bridge_name,
+    children,
+    claim_slot,
+    clean_stale,
+    process_identity,
+    release_slot,
+    slot_network,
+)
 
 if TYPE_CHECKING:
     from rolecall.actors import EngineConfig
@@ -51,26 +64,13 @@ __all__ = [
     "SecondEngine",
     "SecondEngineError",
     "make_ca",
+    "process_identity",
     "start_second_engine",
     "stop_second_engine",
 ]
 
-RUN_BASE = Path("/run/rolecall-second-engine")
-DATA_BASE = Path("/var/lib/rolecall-second-engine")
-SLOTS = 6
-_PORT_BASE = 23760
-_MANUAL = "manual"
 _START_TIMEOUT = 60.0
-_STOP_TIMEOUT = 20.0
 _CLI_TIMEOUT = 300
-
-# The dockerd processes this process started, by slot, so that stopping
-# one also reaps it.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class SecondEngineError(Exception):
-    """The second engine could not be started or used."""
 
 
 @frozen
@@ -193,239 +193,6 @@ class SecondEngine:
             )
 
 
-# -- processes ----------------------------------------------------------------
-
-
-def process_identity(pid: int) -> str | None:
-    """``pid:start-time`` of a live process; ``None`` once it has ended."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return None
-
-    start = stat.rsplit(")", 1)[1].split()[19]
-    return f"{pid}:{start}"
-
-
-def _owner_alive(owner: str) -> bool:
-    if owner == _MANUAL:
-        return True
-
-    pid, _, _ = owner.partition(":")
-    return pid.isdigit() and process_identity(int(pid)) == owner
-
-
-def _pid_of(pidfile: Path, command: str) -> int | None:
-    """The pid a pid file names, when it is a live ``command`` process."""
-    try:
-        pid = int(pidfile.read_text(encoding="utf-8").strip())
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except (OSError, ValueError):
-        return None
-
-    # ``pid (comm) state ...``; a zombie has ended, whatever its name.
-    comm, _, rest = stat.partition(" (")[2].rpartition(") ")
-    return pid if comm == command and not rest.startswith("Z") else None
-
-
-def _end_process(pidfile: Path, command: str) -> None:
-    """SIGTERM the pid file's process, SIGKILL it if it outlives the wait."""
-    pid = _pid_of(pidfile, command)
-    if pid is None:
-        return
-
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if _pid_of(pidfile, command) != pid:
-            return
-        time.sleep(0.1)
-
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-# -- slots --------------------------------------------------------------------
-
-
-def _network(slot: int) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(f"10.{231 + slot}.0.0/16")
-
-
-def _bridge(slot: int) -> str:
-    return f"rc-engine{slot}"
-
-
-def _routes() -> list[ipaddress.IPv4Network]:
-    listing = subprocess.run(
-        ["ip", "-4", "route", "show", "table", "all"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    routes = []
-    for line in listing.stdout.splitlines():
-        words = line.split()
-        words = words[1:] if words[0] in ("local", "broadcast") else words
-        with contextlib.suppress(ValueError, IndexError):
-            routes.append(ipaddress.IPv4Network(words[0], strict=False))
-
-    return routes
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # dockerd binds with SO_REUSEADDR, so connections of a stopped
-        # engine still in TIME_WAIT do not make the port busy for it.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-
-    return True
-
-
-def _release_slot(slot: int) -> None:
-    """Stop a slot's processes, unmount, delete its bridge and run dir."""
-    directory = RUN_BASE / f"slot{slot}"
-    _end_process(directory / "dockerd.pid", "dockerd")
-    child = _children.pop(slot, None)
-    if child is not None:
-        child.wait(timeout=_STOP_TIMEOUT)
-
-    _end_process(directory / "exec/containerd/containerd.pid", "containerd")
-    mounts = Path("/proc/mounts").read_text(encoding="utf-8").splitlines()
-    inside = [line.split()[1] for line in mounts if f"{directory}/" in line]
-    for mount in sorted(inside, reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-
-    for link in _links_in(_network(slot)):
-        subprocess.run(["ip", "link", "delete", link], check=False, capture_output=True)
-
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def _links_in(network: ipaddress.IPv4Network) -> list[str]:
-    """Interfaces with an address in ``network``: the slot's bridge and the
-    bridges of networks made on that engine, which outlive it."""
-    listing = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
-    )
-    links = []
-    for line in listing.stdout.splitlines():
-        words = line.split()
-        address = ipaddress.IPv4Interface(words[3])
-        if address.ip in network:
-            links.append(words[1])
-
-    return links
-
-
-def _clean_stale() -> None:
-    """Release every slot whose owner process has ended."""
-    for slot in range(SLOTS):
-        owner_file = RUN_BASE / f"slot{slot}" / "owner"
-        try:
-            owner = owner_file.read_text(encoding="utf-8").strip()
-        except OSError:
-            continue
-
-        if not _owner_alive(owner):
-            _release_slot(slot)
-
-
-def _claim_slot(owner: str) -> int:
-    """Take a free slot for ``owner``, atomically; its number."""
-    RUN_BASE.mkdir(parents=True, exist_ok=True)
-    routes = _routes()
-    for slot in range(SLOTS):
-        network = _network(slot)
-        if any(route.overlaps(network) for route in routes):
-            continue
-
-        if not _port_free(_PORT_BASE + slot):
-            continue
-
-        staging = Path(tempfile.mkdtemp(dir=RUN_BASE, prefix="claim-"))
-        (staging / "owner").write_text(owner, encoding="utf-8")
-        try:
-            staging.rename(RUN_BASE / f"slot{slot}")
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            continue
-
-        return slot
-
-    raise SecondEngineError(
-        f"no free slot for a second engine among {SLOTS}: each needs an "
-        f"address range 10.231-{230 + SLOTS}.0.0/16 no route uses and a free "
-        f"port from {_PORT_BASE}; stop engines started by hand with "
-        f"`python3 tests/second_engine.py stop`"
-    )
-
-
-# -- certificates -------------------------------------------------------------
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(
-        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SecondEngineError(f"openssl {args[0]} failed: {done.stderr.strip()}")
-
-
-_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-
-
-def make_ca(directory: Path, *, name: str = "ca") -> Path:
-    """Make a self-signed CA (``NAME.pem``, ``NAME-key.pem``); its cert."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _openssl(
-        "req", "-x509", *_KEY, "-days", "2", "-subj", f"/CN=rolecall test {name}",
-        "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", cwd=directory,
-    )  # fmt: skip
-
-    return directory / f"{name}.pem"
-
-
-def _sign(directory: Path, name: str, *, extensions: str) -> None:
-    """Make ``NAME-key.pem`` and ``NAME-cert.pem`` signed by ``ca.pem``."""
-    ext = directory / f"{name}.ext"
-    ext.write_text(
-        "basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-        f"authorityKeyIdentifier=keyid,issuer\n{extensions}\n",
-        encoding="utf-8",
-    )
-    _openssl(
-        "req", "-new", *_KEY, "-subj", f"/CN=rolecall test {name}",
-        "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=directory,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem",
-        "-CAkey", "ca-key.pem", "-set_serial", str(int.from_bytes(os.urandom(8))),
-        "-days", "2", "-extfile", ext.name, "-out", f"{name}-cert.pem",
-        cwd=directory,
-    )  # fmt: skip
-
-
-def _make_certificates(directory: Path) -> None:
-    """The CA, the server's certificate and the client's, named as the
-    ``docker`` CLI expects them in ``DOCKER_CERT_PATH``."""
-    make_ca(directory)
-    _sign(
-        directory,
-        "server",
-        extensions="subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
-    )
-    _sign(directory, "client", extensions="extendedKeyUsage=clientAuth")
-    (directory / "client-cert.pem").rename(directory / "cert.pem")
-    (directory / "client-key.pem").rename(directory / "key.pem")
-    for path in directory.iterdir():
-        path.chmod(0o600)
-
-
 # -- start and stop -----------------------------------------------------------
 
 
@@ -434,19 +201,19 @@ def _engine(slot: int) -> SecondEngine:
     tls = directory / "tls"
     return SecondEngine(
         slot=slot,
-        url=f"tcp://127.0.0.1:{_PORT_BASE + slot}",
+        url=f"tcp://127.0.0.1:{PORT_BASE + slot}",
         socket_url=f"unix://{directory}/docker.sock",
         ca=tls / "ca.pem",
         cert=tls / "cert.pem",
         key=tls / "key.pem",
-        peer_address=str(_network(slot)[1]),
-        bridge=_bridge(slot),
+        peer_address=str(slot_network(slot)[1]),
+        bridge=bridge_name(slot),
         directory=directory,
     )
 
 
-def _add_bridge(engine: SecondEngine) -> None:
-    network = _network(engine.slot)
+def _addbridge_name(engine: SecondEngine) -> None:
+    network = slot_network(engine.slot)
     for command in (
         ["ip", "link", "add", engine.bridge, "type", "bridge"],
         ["ip", "addr", "add", f"{engine.peer_address}/24", "dev", engine.bridge],
@@ -461,7 +228,7 @@ def _add_bridge(engine: SecondEngine) -> None:
 
 
 def _dockerd_argv(engine: SecondEngine, data_root: Path) -> list[str]:
-    network = _network(engine.slot)
+    network = slot_network(engine.slot)
     pool = f"base={network.network_address + 128 * 256}/17,size=24"
     server = engine.directory / "tls"
     return [
@@ -512,16 +279,16 @@ def start_second_engine(owner: str) -> SecondEngine:
     if os.geteuid() != 0:
         raise SecondEngineError("a second engine needs root (bridge, dockerd)")
 
-    _clean_stale()
-    engine = _engine(_claim_slot(owner))
+    clean_stale()
+    engine = _engine(claim_slot(owner))
     try:
         (engine.directory / "daemon.json").write_text("{}\n", encoding="utf-8")
-        _make_certificates(engine.directory / "tls")
+        make_certificates(engine.directory / "tls")
         # A bridge left by a run that died before it wrote its owner file.
         subprocess.run(
             ["ip", "link", "delete", engine.bridge], check=False, capture_output=True
         )
-        _add_bridge(engine)
+        _addbridge_name(engine)
         data_root = DATA_BASE / f"slot{engine.slot}"
         data_root.mkdir(parents=True, exist_ok=True)
         # A dockerd that finds its default network stored from an earlier
@@ -538,7 +305,7 @@ def start_second_engine(owner: str) -> SecondEngine:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _children[engine.slot] = process
+        children[engine.slot] = process
         _wait_until_answers(engine, process)
         # The engine is this session's alone: what an earlier one left goes.
         leftovers = engine.docker("ps", "-aq").split()
@@ -548,7 +315,7 @@ def start_second_engine(owner: str) -> SecondEngine:
         if volumes:
             engine.docker("volume", "rm", "-f", *volumes)
     except BaseException:
-        _release_slot(engine.slot)
+        release_slot(engine.slot)
         raise
 
     return engine
@@ -556,7 +323,7 @@ def start_second_engine(owner: str) -> SecondEngine:
 
 def stop_second_engine(engine: SecondEngine) -> None:
     """Stop it by its pid file, delete its bridge, release its slot."""
-    _release_slot(engine.slot)
+    release_slot(engine.slot)
 
 
 def _manual_slots() -> list[int]:
@@ -564,7 +331,7 @@ def _manual_slots() -> list[int]:
         slot
         for slot in range(SLOTS)
         if (RUN_BASE / f"slot{slot}" / "owner").is_file()
-        and (RUN_BASE / f"slot{slot}" / "owner").read_text().strip() == _MANUAL
+        and (RUN_BASE / f"slot{slot}" / "owner").read_text().strip() == MANUAL
     ]
 
 
@@ -583,7 +350,7 @@ def main(argv: list[str]) -> int:
         return 2
 
     if command == "start":
-        _print_env(start_second_engine(_MANUAL))
+        _print_env(start_second_engine(MANUAL))
         return 0
 
     slots = _manual_slots()
@@ -595,7 +362,7 @@ def main(argv: list[str]) -> int:
         _print_env(_engine(slots[0]))
 
     for slot in slots if command == "stop" else ():
-        _release_slot(slot)
+        release_slot(slot)
 
     return 0
 

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from docker_support import DockerLab
 from second_engine import SecondEngine, make_ca
+from second_engine_certs import make_client_certificate
 
 from rolecall.actors import (
     ContainerSpec,
@@ -136,7 +137,7 @@ async def test_a_client_certificate_the_engine_does_not_trust_is_refused(
     """A client certificate from another CA fails with an error that points
     at the client certificate."""
     make_ca(tmp_path, name="ca")
-    subprocess_sign(tmp_path)
+    make_client_certificate(tmp_path)
     good = second_engine.engine_config()
     assert good.tls is not None
     tls = TlsFiles(ca=good.tls.ca, cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")
@@ -149,15 +150,6 @@ async def test_a_client_certificate_the_engine_does_not_trust_is_refused(
     assert caught.value.engine == "engine2"
     assert caught.value.path is None
     assert str(tmp_path / "cert.pem") in str(caught.value)
-
-
-def subprocess_sign(directory: Path) -> None:
-    """A client certificate signed by ``directory``'s own CA."""
-    from second_engine import _sign
-
-    _sign(directory, "client", extensions="extendedKeyUsage=clientAuth")
-    (directory / "client-cert.pem").rename(directory / "cert.pem")
-    (directory / "client-key.pem").rename(directory / "key.pem")
 
 
 async def test_streams_engine_events_over_tls(
