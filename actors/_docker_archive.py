@@ -22,7 +22,12 @@ ARCHIVE_CHUNK = 64 * 1024
 """The largest piece of an archive read or sent at once, in bytes."""
 
 _STALL_TIMEOUT = 120.0
-"""Seconds an archive stream may go without a byte before it counts as broken."""
+"""Seconds an archive stream may go without a byte before it counts as broken.
+
+Known gap: aiohttp's read timeout cannot tell a stalled engine from a
+consumer that stopped reading, so a copy whose target takes this long to
+take one piece fails as if the source had stalled.
+"""
 
 
 def _contents_of(path: str) -> str:
