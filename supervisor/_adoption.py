@@ -21,7 +21,10 @@ per container, without running ``plan``, ``configure``, ``start`` or
   the volumes of a member whose creation or removal was cut short before
   or after its container existed.
 
-Every adopted member gets a ``member_adopted`` event.
+Every adopted member gets a ``member_adopted`` event. The first pass that
+may act then runs ``configure`` once on every running adopted member with
+the spec it is adopted under (see ``_configuring``): what an earlier
+control plane configured it with is known nowhere.
 """
 
 from __future__ import annotations

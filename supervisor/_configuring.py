@@ -9,11 +9,17 @@ replicas know the new one before the writer starts asking for it. A member
 whose ``configure`` result data holds ``reapply_role: true`` is then told
 its role again, under a new epoch.
 
-A member adopted from an earlier control plane (see ``_adoption``) is taken
-as configured with the spec it is adopted under: adoption changes nothing
-in a member. The shortcoming: a config changed while no control plane ran
-reaches adopted members only with the next change of config, env or
-members, since nothing on the engine records what ``configure`` last saw.
+A member adopted from an earlier control plane (see ``_adoption``) is
+configured once, in the first pass that may act, with the spec it is
+adopted under: nothing on the engine or in the journal records what its
+``configure`` last saw, and it may be older than the spec: edited while no
+control plane ran, or a reconfigure cut short by a crash (some members with
+a new password, others with the old one). ``configure`` is idempotent and
+changes nothing in a member that has the spec already (the hooks answer
+``changed: false`` and restart nothing), so this costs one hook run per
+member and no role change. Nothing of it is journaled: the spec's config
+and env may hold secrets, and the next control plane configures its adopted
+members again anyway.
 
 Failover never waits for this: a pass that must fence a lost writer acts
 first, and configures in the next pass. A member that is not prepared needs
@@ -59,7 +65,7 @@ def configure_changes(configured: ServiceView | None, now: ServiceView) -> str |
         return None  # the controller reuses its view while nothing changed
 
     if configured is None:
-        return "not configured by this control plane yet"
+        return "adopted"
 
     reasons = []
     if configured.config != now.config:
@@ -98,13 +104,9 @@ class Configuring(Acting):
             if not (member.alive and member.ready) or member.unresponsive:
                 continue
 
-            if member.actor.configured_with is None:
-                # Adopted: prepared by an earlier control plane, and adoption
-                # runs no hook but status. It is taken as configured with
-                # the spec it is adopted under (see the module's docs).
-                member.actor.configured_with = now
-                continue
-
+            # An adopted member (prepared by an earlier control plane, and
+            # adoption runs no hook but status) has no view yet: it is
+            # configured with what is current (see the module's docs).
             why = configure_changes(member.actor.configured_with, now)
             if why is not None:
                 stale.append((member, why))
@@ -160,6 +162,11 @@ class Configuring(Acting):
         data: dict[str, Any] = result.data if isinstance(result, HookResult) else {}
         pending = data.get("restart_needed")
         fields: dict[str, object] = {"reason": why}
+        if isinstance(data.get("changed"), bool):
+            # The hooks say whether anything differed: an adopted member
+            # that had the spec already shows `changed: false`.
+            fields["changed"] = data["changed"]
+
         if isinstance(pending, list) and pending:
             fields["restart_needed"] = [str(name) for name in pending]
 

@@ -63,7 +63,8 @@ class TestResume:
         self, tmp_path: Path
     ) -> None:
         """Reopened on the same spec with resume, the converted shape stays:
-        same containers, same roles and epochs, no step taken."""
+        same containers, same roles and epochs, no step taken but configure
+        (replica first) with the spec adopted under."""
         runtime = kv_runtime()
         with anyio.fail_after(LIMIT):
             async with open_supervisor(
@@ -86,6 +87,8 @@ class TestResume:
         assert event_kinds(timeline) == [
             ("member_adopted", "cache-1"),
             ("member_adopted", "cache-2"),
+            ("member_configured", "cache-2"),
+            ("member_configured", "cache-1"),
             ("converged", "cache-1"),
         ]
         assert after.topology.value == "redundant"
@@ -202,8 +205,8 @@ class TestRelease:
 
     async def test_a_released_replica_keeps_whom_it_follows(self) -> None:
         """Applied again after a release, without a state directory, the
-        service adopts its members and sends no role: the released record
-        says whom the replica follows."""
+        service adopts its members and sends no role (it configures them
+        again): the released record says whom the replica follows."""
         runtime = kv_runtime()
         spec = service_spec(topology="redundant")
         with anyio.fail_after(LIMIT):
@@ -221,6 +224,8 @@ class TestRelease:
         assert event_kinds(timeline) == [
             ("member_adopted", "cache-1"),
             ("member_adopted", "cache-2"),
+            ("member_configured", "cache-2"),
+            ("member_configured", "cache-1"),
             ("converged", "cache-1"),
         ]
         assert [(m.id, m.role, m.epoch, m.following) for m in after.members] == [

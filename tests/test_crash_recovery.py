@@ -122,6 +122,108 @@ async def test_a_runner_killed_after_a_step_finishes_the_change_on_restart(
     )
 
 
+OLD_PASSWORD, NEW_PASSWORD = "crash-old-pw-31", "crash-new-pw-62"
+
+
+async def test_a_runner_killed_during_a_reconfigure_configures_all_on_restart(
+    tmp_path: Path, docker_case: DockerLab, redis_image: str
+) -> None:
+    """SIGKILL after the replica took a new password and before the primary
+    did: the members stay mixed while no runner runs; the next runner
+    configures both, so each accepts the new password and refuses the old,
+    with one master and the replica following it."""
+    service = docker_case.service("repw")
+    spec = tmp_path / "spec.toml"
+    text = spec_text(
+        service,
+        redis_image,
+        docker_case.labels,
+        topology="redundant",
+        secret=OLD_PASSWORD,
+    )
+    spec.write_text(text, encoding="utf-8")
+    state = tmp_path / "state"
+    # The bring-up configures the primary once (its replica joined); the
+    # reload's first configure, the replica's, is the second.
+    crash = {"ROLECALL_CRASH_AFTER": "member_configured#2"}
+    async with open_runner_process(spec, state, env=crash) as runner:
+        await runner.wait_for("converged", service=service)
+        bring_up = [
+            line for line in runner.lines if line["event"] == "member_configured"
+        ]
+        spec.write_text(text.replace(OLD_PASSWORD, NEW_PASSWORD), encoding="utf-8")
+        runner.signal(signal.SIGHUP)
+        code = await runner.wait_exit()
+        crashed = await runner.wait_for("crash_switch")
+
+    names = [f"rolecall-{service}-{n}" for n in (1, 2)]
+    mixed = [await _accepts(name) for name in names]
+
+    async with open_runner_process(spec, state) as again:
+        await again.wait_for(
+            "converged", service=service, detail="redundant with 2 member(s)"
+        )
+        after = await _status(state)
+        configured = [
+            (line["member"], line["reason"], line["changed"])
+            for line in again.lines
+            if line["event"] == "member_configured"
+        ]
+        accepted = [await _accepts(name) for name in names]
+        roles = [await _role(name) for name in names]
+        recreated = [
+            line["event"]
+            for line in again.lines
+            if line["event"] in ("member_created", "member_restarted", "role_applied")
+        ]
+        logged = "".join(again.text)
+
+    assert len(bring_up) == 1
+    assert code == -signal.SIGKILL
+    assert crashed["kind"] == "member_configured"
+    assert mixed == [OLD_PASSWORD, NEW_PASSWORD]
+    assert configured == [
+        (f"{service}-2", "adopted", False),
+        (f"{service}-1", "adopted", True),
+    ]
+    assert accepted == [NEW_PASSWORD, NEW_PASSWORD]
+    assert roles == ["master", "slave"]
+    assert after["primary"] == f"{service}-1"
+    assert recreated == []
+    assert OLD_PASSWORD not in logged
+    assert NEW_PASSWORD not in logged
+
+
+async def _accepts(container: str) -> str | None:
+    """Which of the two passwords the Redis in ``container`` accepts; it
+    must refuse the other one."""
+    published = _docker("port", container, "6379/tcp").split()[0]
+    accepted = []
+    for password in (OLD_PASSWORD, NEW_PASSWORD):
+        client = _client({"published": published}, password=password)
+        try:
+            await client.ping()
+        except redis.exceptions.AuthenticationError:
+            continue
+        finally:
+            await client.aclose()
+        accepted.append(password)
+
+    assert len(accepted) <= 1, accepted
+    return accepted[0] if accepted else None
+
+
+async def _role(container: str) -> str:
+    published = _docker("port", container, "6379/tcp").split()[0]
+    client = _client({"published": published}, password=NEW_PASSWORD)
+    try:
+        role = await client.execute_command("ROLE")
+    finally:
+        await client.aclose()
+
+    return str(role[0])
+
+
 _WRITERS = ("standalone", "primary")
 
 
@@ -149,10 +251,14 @@ async def _status(state: Path) -> dict[str, Any]:
     return dict(service)
 
 
-def _client(member: dict[str, Any]) -> aioredis.Redis:
+def _client(member: dict[str, Any], *, password: str | None = None) -> aioredis.Redis:
     host, port = str(member["published"]).rsplit(":", 1)
     return aioredis.Redis(
-        host=host, port=int(port), socket_timeout=5, decode_responses=True
+        host=host,
+        port=int(port),
+        password=password,
+        socket_timeout=5,
+        decode_responses=True,
     )
 
 

@@ -327,7 +327,9 @@ class TestSignals:
         self, tmp_path: Path, docker_case: DockerLab, redis_image: str
     ) -> None:
         """SIGTERM ends the runner with 0; the service's containers run on, and
-        the next runner adopts them: nothing recreated, no role changed."""
+        the next runner adopts them: nothing recreated, no role changed, the
+        server not restarted; configure runs once and finds nothing to
+        change."""
         service = docker_case.service("term")
         spec = tmp_path / "spec.toml"
         spec.write_text(
@@ -338,6 +340,7 @@ class TestSignals:
         async with open_runner_process(spec, state) as runner:
             await _converged(runner, service, "standalone with 1 member(s)")
             before = await _status(state)
+            run_id = await _run_id(before)
             runner.signal(signal.SIGTERM)
             code = await runner.wait_exit()
             await runner.wait_for("runner_stopped")
@@ -346,21 +349,28 @@ class TestSignals:
         async with open_runner_process(spec, state) as second:
             await _converged(second, service, "standalone with 1 member(s)")
             after = await _status(state)
+            run_id_after = await _run_id(after)
             events = [line["event"] for line in second.lines]
+            configured = [
+                line for line in second.lines if line["event"] == "member_configured"
+            ]
         down = await rolecall("down", service, "--yes", "--state-dir", str(state))
 
         assert code == 0
         assert running == [f"rolecall-{service}-1"]
         assert not socket_left
-        assert "member_adopted" in events
-        assert "member_created" not in events
-        assert "role_applied" not in events
+        assert events.count("member_adopted") == 1
+        assert [(line["reason"], line["changed"]) for line in configured] == [
+            ("adopted", False)
+        ]
+        assert not {"member_created", "member_restarted", "role_applied"} & set(events)
         member, adopted = before["members"][0], after["members"][0]
         assert (adopted["container_id"], adopted["role"], adopted["epoch"]) == (
             member["container_id"],
             member["role"],
             member["epoch"],
         )
+        assert run_id_after == run_id
         assert down.returncode == 0, down.stderr
         assert down.stdout.splitlines()[0].startswith("no runner answers at")
         assert _docker_names(label, running_only=False) == []
@@ -391,6 +401,22 @@ async def _converged_after(runner: RunnerProcess, service: str, mark: int) -> No
     await runner.wait_for(
         "converged", after=mark, service=service, detail="redundant with 2 member(s)"
     )
+
+
+async def _run_id(status: dict[str, object]) -> str:
+    """The run id of the writer's Redis server: a restart changes it."""
+    members = status["members"]
+    assert isinstance(members, list)
+    host, port = str(members[0]["published"]).rsplit(":", 1)
+    client = aioredis.Redis(
+        host=host, port=int(port), socket_timeout=10, decode_responses=True
+    )
+    try:
+        server = await client.info("server")
+    finally:
+        await client.aclose()
+
+    return str(server["run_id"])
 
 
 async def _write_and_read(primary: str, replica: str) -> tuple[str, str]:

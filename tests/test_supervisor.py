@@ -392,6 +392,7 @@ class TestLifecycle:
         assert last.epoch == 4
         assert event_kinds(timeline) == [
             ("member_adopted", "cache-1"),
+            ("member_configured", "cache-1"),
             ("converged", "cache-1"),
         ]
         member = second.member("cache-1")
