@@ -28,6 +28,7 @@ one ``except RolecallError`` to catch them all::
     │   ├── ActorStoppedError       the actor is not running any more
     │   └── AskTimeoutError         no reply came in time
     ├── FailoverError               no member can safely become primary
+    │   └── WriterUnknownError      stopped members no journal knows; none is chosen
     ├── ConvergenceTimeoutError     a service did not reach its desired state
     ├── ServiceClaimedError         another control plane manages the service
     └── StateError                  the control plane's state directory is unusable
@@ -70,6 +71,7 @@ __all__ = [
     "StateError",
     "StateLockedError",
     "UnsupportedTopologyError",
+    "WriterUnknownError",
 ]
 
 
@@ -353,6 +355,22 @@ class FailoverError(RolecallError):
     def __init__(self, message: str, *, service: str) -> None:
         super().__init__(message)
         self.service = service
+
+
+class WriterUnknownError(FailoverError):
+    """Several members of a service are stopped and no journal knows them.
+
+    Any of them may hold the newest data; starting one as the writer would
+    have the others copy its data over theirs. Nothing is started or
+    removed until an operator chooses.
+
+    Attributes:
+        members: The ids of the stopped members, in number order.
+    """
+
+    def __init__(self, message: str, *, service: str, members: tuple[str, ...]) -> None:
+        super().__init__(message, service=service)
+        self.members = members
 
 
 class ConvergenceTimeoutError(RolecallError):

@@ -13,6 +13,15 @@ per container, without running ``plan``, ``configure``, ``start`` or
   Without a record of it, it counts as a writer, the safe reading: it is
   never started beside another writer, and it is started in place when it
   may hold the only copy of the data;
+- two or more members down that no record knows, and none of the service
+  running (a lost journal, or a new state directory, after every member
+  stopped): any of them may hold the newest data, and nothing on the
+  engine says which. Starting one as the writer would have the others
+  resync over their data (a Redis replica loads its primary's dataset; a
+  PostgreSQL standby is rewound), and a standalone service would remove
+  them. So nothing is adopted, started or removed: adoption raises
+  `WriterUnknownError`, listing them and saying how to choose, and tries
+  again each pass (after the pass backoff) until one is chosen;
 - numbering continues after the highest number found, and the epoch after
   the highest of the journal's and the members';
 - the step under way when the earlier control plane stopped is finished or
@@ -29,14 +38,19 @@ control plane configured it with is known nowhere.
 
 from __future__ import annotations
 
+import re
+
 import anyio
 import structlog
 
 from rolecall.actors import ContainerInfo, MemberPhase
-from rolecall.hooks_protocol import Role, SpecError
+from rolecall.hooks_protocol import Role, SpecError, WriterUnknownError
 
 from ._members import Member
 from ._naming import (
+    LABEL_CREATED_EPOCH,
+    LABEL_CREATED_ROLE,
+    LABEL_EXTRA,
     LABEL_MANAGED,
     LABEL_MEMBER,
     LABEL_NUMBER,
@@ -50,6 +64,7 @@ from ._switchover import Switching
 __all__ = ["Adopting"]
 
 _log = structlog.get_logger("rolecall.supervisor")
+_VOLUME_NUMBER = re.compile(r"(\d+)-data\d*")  # after "rolecall-<service>-"
 
 
 class Adopting(Switching):
@@ -80,7 +95,37 @@ class Adopting(Switching):
                 service=self.spec.name,
             )
 
-        adopted: list[Member] = []
+        found = self._adoptable(containers)
+        _refuse_to_guess(self.spec.name, found, record)
+        adopted = [
+            await self._adopt(info, member_id, record)
+            for member_id, info in found.items()
+            if member_id not in self.members
+        ]
+
+        if record is not None:
+            self.failover_paused |= record.failover_paused
+            self.epoch = max(self.epoch, record.epoch)
+            self.next_number = max(self.next_number, record.next_number)
+
+        for member in adopted:
+            self.next_number = max(self.next_number, member.number + 1)
+            self.epoch = max(self.epoch, member.actor.epoch)
+
+        if record is None and found:
+            # A member whose container was removed by hand may have left
+            # its volume: a new member under its number would take it up.
+            self.next_number = max(self.next_number, await self._after_volumes())
+
+        await self._sweep_volumes(record)
+        self.journaled = None
+        self.adopted = True
+        self.persist()
+
+    def _adoptable(self, containers: list[ContainerInfo]) -> dict[str, ContainerInfo]:
+        """The containers to adopt by member id, in number order; those
+        with a wrong member or number label are left alone."""
+        found = {}
         for info in sorted(containers, key=_number):
             member_id = info.labels.get(LABEL_MEMBER, "")
             if _number(info) < 1 or not member_id.startswith(f"{self.spec.name}-"):
@@ -92,22 +137,9 @@ class Adopting(Switching):
                 )
                 continue
 
-            if member_id not in self.members:
-                adopted.append(await self._adopt(info, member_id, record))
+            found[member_id] = info
 
-        if record is not None:
-            self.failover_paused |= record.failover_paused
-            self.epoch = max(self.epoch, record.epoch)
-            self.next_number = max(self.next_number, record.next_number)
-
-        for member in adopted:
-            self.next_number = max(self.next_number, member.number + 1)
-            self.epoch = max(self.epoch, member.actor.epoch)
-
-        await self._sweep_volumes(record)
-        self.journaled = None
-        self.adopted = True
-        self.persist()
+        return found
 
     async def _adopt(
         self, info: ContainerInfo, member_id: str, record: ServiceRecord | None
@@ -168,6 +200,19 @@ class Adopting(Switching):
         if report.role is not None and report.healthy:
             actor.phase = MemberPhase.RUNNING
 
+    async def _after_volumes(self) -> int:
+        """The number after the highest one a volume of the service names."""
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        prefix = f"rolecall-{self.spec.name}-"
+        numbers = [
+            int(found.group(1))
+            for volume in await self.runtime.list_volumes(labels=labels)
+            if volume.startswith(prefix)
+            and (found := _VOLUME_NUMBER.fullmatch(volume.removeprefix(prefix)))
+        ]
+
+        return max(numbers, default=0) + 1
+
     async def _sweep_volumes(self, record: ServiceRecord | None) -> None:
         """Remove volumes a create or removal cut short left; keep the rest.
 
@@ -216,6 +261,51 @@ class Adopting(Switching):
                 reason="no container and no unfinished step of the journal"
                 " claims them; they may hold data, so rolecall leaves them",
             )
+
+
+def _refuse_to_guess(
+    service: str, found: dict[str, ContainerInfo], record: ServiceRecord | None
+) -> None:
+    """Raise when several stopped members may each hold the newest data.
+
+    Raises:
+        WriterUnknownError: Two or more members that may take writes are
+            down, no record knows them, and none of the service runs.
+    """
+    known = record.members if record is not None else {}
+    topology = {m: i for m, i in found.items() if LABEL_EXTRA not in i.labels}
+    if any(is_running(info) for info in topology.values()):
+        return  # what runs says what it is; a stopped one is a lost member
+
+    unknown = [m for m in topology if m not in known]
+    if len(unknown) < 2:  # one alone holds the only copy: it is started
+        return
+
+    listed = "; ".join(_described(topology[m]) for m in unknown)
+    first = topology[unknown[0]].name
+    raise WriterUnknownError(
+        f"service {service!r} has {len(unknown)} stopped members that no"
+        f" journal record knows ({listed}), and none of it runs: any of them"
+        " may hold the newest data, and starting one as the writer would"
+        " have the others copy its data over theirs, so rolecall starts and"
+        " removes none of them. Choose the one to keep: remove the others'"
+        f" containers by hand (`docker rm {first}`, for example; their data"
+        " volumes stay until you remove them) and rolecall starts the one left"
+        " as the writer and makes new replicas from it; or start rolecall"
+        " again with the state directory that managed the service, whose"
+        " journal knows them",
+        service=service,
+        members=tuple(unknown),
+    )
+
+
+def _described(info: ContainerInfo) -> str:
+    role = info.labels.get(LABEL_CREATED_ROLE) or "no role"
+    epoch = info.labels.get(LABEL_CREATED_EPOCH, "?")
+    return (
+        f"{info.labels[LABEL_MEMBER]}: container {info.name}, created as {role}"
+        f" at epoch {epoch}, exit code {info.exit_code}"
+    )
 
 
 def _number(info: ContainerInfo) -> int:

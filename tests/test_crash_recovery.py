@@ -5,7 +5,9 @@ Each case runs one runner with ``ROLECALL_CRASH_AFTER`` set, which kills it
 the moment it reports the chosen step (the n-th event of that kind since its
 start: the bring-up's events count too), then a second runner on the same
 spec file and state directory. Real engine, real Redis: keys are written
-before the change and read back after.
+before the change and read back after. Beside them: a runner killed in the
+middle of a password reload, and a runner on a new state directory that
+finds every member stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import docker_support
 import pytest
 import redis.asyncio as aioredis
@@ -192,6 +195,86 @@ async def test_a_runner_killed_during_a_reconfigure_configures_all_on_restart(
     assert recreated == []
     assert OLD_PASSWORD not in logged
     assert NEW_PASSWORD not in logged
+
+
+async def test_a_new_state_dir_on_stopped_members_waits_for_a_choice(
+    tmp_path: Path, docker_case: DockerLab, redis_image: str
+) -> None:
+    """Every member stopped and a runner on a new state directory (taking
+    the service over): it starts and removes nothing until cache-1's
+    container is removed by hand; then
+    cache-2, the primary after a switchover, comes back as the writer with
+    every key, and cache-1's volume is left alone."""
+    service = docker_case.service("pick")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        spec_text(service, redis_image, docker_case.labels, topology="redundant"),
+        encoding="utf-8",
+    )
+    first, second = tmp_path / "state-1", tmp_path / "state-2"
+    names = [f"rolecall-{service}-{n}" for n in (1, 2)]
+    async with open_runner_process(spec, first) as runner:
+        await runner.wait_for("converged", service=service)
+        moved = await rolecall(
+            "switchover", service, f"{service}-2", "--state-dir", str(first)
+        )
+        assert moved.returncode == 0, moved.stderr
+        keys = await _write(await _status(first), confirmed=True)
+        await _flushed(names[1])
+        runner.signal(signal.SIGTERM)
+        await runner.wait_exit()
+
+    _docker("stop", *names)
+    # A new state directory: the service's claim is the first runner's.
+    take_over = ("--take-over", service)
+    async with open_runner_process(spec, second, *take_over) as again:
+        refused = await again.wait_for(
+            "reconcile_failed", service=service, error_type="WriterUnknownError"
+        )
+        untouched = _names(
+            "ps",
+            "-a",
+            "--filter",
+            "status=exited",
+            "--filter",
+            f"label={_service_label(service)}",
+        )
+        _docker("rm", names[0])
+        mark = len(again.lines)
+        await again.wait_for(
+            "converged",
+            after=mark,
+            service=service,
+            detail="redundant with 2 member(s)",
+        )
+        after = await _status(second)
+        present = await _present(after, keys)
+
+    assert f"`docker rm {names[0]}`, for example" in refused["error"]
+    assert untouched == names
+    assert after["primary"] == f"{service}-2"
+    assert [m["id"] for m in after["members"]] == [f"{service}-2", f"{service}-3"]
+    assert present == keys
+    assert f"rolecall-{service}-1-data" in _names(
+        "volume", "ls", "--filter", f"label={_service_label(service)}"
+    )
+
+
+async def _flushed(container: str) -> None:
+    """Wait until Redis in ``container`` has handed its AOF buffer to the
+    kernel, so a stop of the container keeps every write."""
+    published = _docker("port", container, "6379/tcp").split()[0]
+    client = _client({"published": published})
+    try:
+        with anyio.fail_after(LIMIT):
+            # Nothing announces an emptied buffer: INFO is polled.
+            while True:
+                info = await client.info("persistence")
+                if info["aof_buffer_length"] == 0:
+                    return
+                await anyio.sleep(0.05)
+    finally:
+        await client.aclose()
 
 
 async def _accepts(container: str) -> str | None:
