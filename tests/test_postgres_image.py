@@ -419,7 +419,9 @@ async def test_old_primary_rejoins_by_rewind_without_taking_writes(lab: Lab) -> 
 async def test_configure_refuses_reserved_settings_and_bad_durability(
     lab: Lab,
 ) -> None:
-    """Configure rejects settings the hooks own and unknown durabilities."""
+    """Configure rejects settings the hooks own and unknown durabilities;
+    with the files written but no stamp of a run that got to its end (one
+    killed before its reload), it does not answer ``changed: false``."""
     member = Member(lab, "cfg")
     lab.members.append(member)
     await member.create()
@@ -431,6 +433,8 @@ async def test_configure_refuses_reserved_settings_and_bad_durability(
     first = await member.ok("configure", config=extra)
     again = await member.ok("configure", config=extra)
     written = _docker("exec", member.container, "cat", "/etc/rolecall/postgresql.conf")
+    _docker("exec", member.container, "rm", "/etc/rolecall/configure.applied")
+    cut_short = await member.ok("configure", config=extra)
 
     assert reserved.exit_code == EXIT_BAD_PAYLOAD
     assert "postgres.port" in reserved.stderr
@@ -439,6 +443,7 @@ async def test_configure_refuses_reserved_settings_and_bad_durability(
     assert "'eventual'" in durability.stderr
     assert first["changed"] is True
     assert again["changed"] is False
+    assert cut_short["changed"] is True
     assert "work_mem = '8MB'\n" in written.stdout
     assert "log_min_duration_statement = 250\n" in written.stdout
 

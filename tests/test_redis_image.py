@@ -510,3 +510,44 @@ async def test_configure_refuses_reserved_directives(lab: Lab) -> None:
     assert bad_name.exit_code == EXIT_BAD_PAYLOAD
     assert first["changed"] is True
     assert again["changed"] is False
+
+
+async def test_configure_finishes_a_run_cut_short(lab: Lab) -> None:
+    """A configure killed after writing a new password to the file, before
+    Redis took it: the next run with that password does not answer
+    ``changed: false`` but applies it, and Redis then refuses the old one."""
+    old, new = "cut-old-pw", "cut-new-pw"
+    (member,) = await _bring_up(lab, "cut", env={"REDIS_PASSWORD": old})
+    kept = ("/etc/rolecall/redis.applied", "/etc/rolecall/redis.auth")
+    await _run_docker("exec", member.container, "cp", "-p", *kept, "/tmp/")
+    await member.ok("configure", env={"REDIS_PASSWORD": new})
+    # Back to what the cut-short run left: the new file, the rest as before.
+    await _run_docker(
+        "exec",
+        member.container,
+        "cp",
+        "-p",
+        "/tmp/redis.applied",
+        "/tmp/redis.auth",
+        "/etc/rolecall/",
+    )
+    client = member.client(new)
+    try:
+        await client.config_set("masterauth", old)
+        await client.config_set("requirepass", old)
+    finally:
+        await client.aclose()
+
+    again = await member.ok("configure", env={"REDIS_PASSWORD": new})
+    accepted = []
+    for password in (old, new):
+        client = member.client(password)
+        try:
+            accepted.append(await client.ping())
+        except aioredis.AuthenticationError:
+            accepted.append(False)
+        finally:
+            await client.aclose()
+
+    assert again["changed"] is True
+    assert accepted == [False, True]
