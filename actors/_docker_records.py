@@ -31,8 +31,12 @@ def _label_filters(labels: Mapping[str, str]) -> list[str]:
 
 
 def _container_config(spec: ContainerSpec) -> dict[str, Any]:
+    hosts = ["127.0.0.1"]
+    if spec.peer_address is not None:
+        hosts.append(spec.peer_address)
+
     ports = {
-        f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
+        f"{port}/tcp": [{"HostIp": host, "HostPort": ""} for host in hosts]
         for port in spec.published_ports
     }
     host: dict[str, Any] = {
@@ -94,6 +98,9 @@ def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
         exit_code=code if ran and isinstance(code, int) else None,
         oom_killed=bool(state.get("OOMKilled")),
         host_ports=_host_ports((raw.get("NetworkSettings") or {}).get("Ports")),
+        peer_ports=_host_ports(
+            (raw.get("NetworkSettings") or {}).get("Ports"), peer=True
+        ),
     )
 
 
@@ -103,11 +110,15 @@ def _summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
     names = summary.get("Names") or [""]
     status = _state(summary.get("State"))
 
-    published = {}
+    published, peer = {}, {}
     for port in summary.get("Ports") or ():
-        local = port.get("Type") == "tcp" and port.get("IP") == "127.0.0.1"
-        if local and port.get("PublicPort"):
+        if port.get("Type") != "tcp" or not port.get("PublicPort"):
+            continue
+
+        if port.get("IP") == "127.0.0.1":
             published[int(port["PrivatePort"])] = int(port["PublicPort"])
+        elif port.get("IP") not in _ANY_ADDRESS:
+            peer[int(port["PrivatePort"])] = int(port["PublicPort"])
 
     return ContainerInfo(
         id=str(summary["Id"]),
@@ -116,11 +127,18 @@ def _summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
         labels=_str_dict(summary.get("Labels")),
         state=status,
         host_ports=published,
+        peer_ports=peer,
     )
 
 
-def _host_ports(ports: object) -> dict[int, int]:
-    """Container TCP port -> its port published on 127.0.0.1."""
+# Bindings on every address: rolecall never asks for them.
+_ANY_ADDRESS = frozenset({None, "", "0.0.0.0", "::"})  # noqa: S104  (matched, not bound)
+
+
+def _host_ports(ports: object, *, peer: bool = False) -> dict[int, int]:
+    """Container TCP port -> its port published on 127.0.0.1, or with
+    ``peer`` on the one other address rolecall publishes on (the engine's
+    peer address)."""
     if not isinstance(ports, Mapping):
         return {}
 
@@ -130,7 +148,13 @@ def _host_ports(ports: object) -> dict[int, int]:
         if protocol != "tcp" or not bindings:
             continue
         for binding in bindings:
-            if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
+            address = binding.get("HostIp")
+            wanted = (
+                address not in _ANY_ADDRESS and address != "127.0.0.1"
+                if peer
+                else address == "127.0.0.1"
+            )
+            if wanted and binding.get("HostPort"):
                 published[int(port)] = int(binding["HostPort"])
 
     return published

@@ -72,6 +72,8 @@ class FakeContainer:
     exit_code: int | None = None
     oom_killed: bool = False
     host_ports: dict[int, int] = field(factory=dict)
+    # Container port -> port on its spec's peer address; like host_ports.
+    peer_ports: dict[int, int] = field(factory=dict)
     store: dict[str, Any] = field(factory=dict)
     files: dict[str, bytes] = field(factory=dict)
     # Set while paused, ``None`` otherwise; set and dropped when it resumes
@@ -104,6 +106,7 @@ class FakeContainer:
             exit_code=self.exit_code,
             oom_killed=self.oom_killed,
             host_ports=dict(self.host_ports),
+            peer_ports=dict(self.peer_ports),
         )
 
     async def _wait_unpaused(self) -> None:

@@ -98,6 +98,8 @@ class _FakeEngine:
     )
     # Host port -> id of the live container it is published for.
     _ids_by_host_port: dict[int, str] = field(factory=dict, init=False)
+    # (peer address, port) -> id of the live container it is published for.
+    _ids_by_peer_port: dict[tuple[str, int], str] = field(factory=dict, init=False)
     # Name -> volume; data stays until the volume itself is removed.
     _volumes: dict[str, _Volume] = field(factory=dict, init=False)
     # Network name -> its labels.
@@ -199,10 +201,15 @@ class _FakeEngine:
         container.state = ContainerState.RUNNING
         container.exit_code = None
         container.oom_killed = False
+        peer = container.spec.peer_address
         for port in container.spec.published_ports:
             container.host_ports[port] = self._next_host_port
             self._ids_by_host_port[self._next_host_port] = container.id
             self._next_host_port += 1
+            if peer is not None:
+                container.peer_ports[port] = self._next_host_port
+                self._ids_by_peer_port[peer, self._next_host_port] = container.id
+                self._next_host_port += 1
 
         self._emit("start", container)
 
@@ -437,6 +444,11 @@ class _FakeEngine:
             self._ids_by_host_port.pop(host_port, None)
 
         container.host_ports.clear()
+        peer = container.spec.peer_address
+        for peer_port in container.peer_ports.values():
+            self._ids_by_peer_port.pop((peer or "", peer_port), None)
+
+        container.peer_ports.clear()
         for scope in self._exec_scopes.get(container.id, ()):
             scope.cancel()
 

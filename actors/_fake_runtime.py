@@ -90,6 +90,9 @@ class FakeRuntime(_FakeEngine):
             (8 GiB by default; ``None`` for an engine that does not say).
     """
 
+    # Other fake engines on the same fake host: an address on one of their
+    # peer addresses resolves to their container (see `link`).
+    _neighbours: list[FakeRuntime] = field(factory=list, init=False)
     # Queued failures, oldest first; each is used by one exec.
     _faults: list[_Fault] = field(factory=list, init=False)
     # Exec counters: running now, ended by a kill, ended by themselves.
@@ -158,6 +161,8 @@ class FakeRuntime(_FakeEngine):
                 published host port.
             network: Look only among containers on this network, as names
                 on a user-defined network resolve; ``None`` looks at all.
+                A peer address (``address:port``) of this engine or of one
+                `link`-ed to it finds the container wherever it runs.
 
         Returns:
             The container, or ``None`` when nothing answers there.
@@ -170,12 +175,29 @@ class FakeRuntime(_FakeEngine):
             container_id = self._ids_by_host_port.get(int(port), "")
             return self._containers.get(container_id)
 
+        if port:
+            for engine in (self, *self._neighbours):
+                container_id = engine._ids_by_peer_port.get((host, int(port)), "")
+                if container_id:
+                    return engine._containers.get(container_id)
+
         for container_id in self._ids_by_host.get(host, ()):
             container = self._containers[container_id]
             if container.alive and network in (None, container.spec.network):
                 return container
 
         return None
+
+    def link(self, *others: FakeRuntime) -> None:
+        """Put this fake engine and ``others`` on one fake host.
+
+        A container on any of them then reaches a port another publishes
+        on its peer address (`ContainerSpec.peer_address`) by
+        ``address:port``, as containers on two engines of one machine do.
+        """
+        group = [self, *others]
+        for engine in group:
+            engine._neighbours = [other for other in group if other is not engine]
 
     def volume_data(self, name: str) -> dict[str, Any]:
         """The data dict of volume ``name``, to seed or check in tests.
@@ -186,7 +208,13 @@ class FakeRuntime(_FakeEngine):
         return self._volumes[name].data
 
     def volumes_of(self, container: FakeContainer) -> dict[str, dict[str, Any]]:
-        """Mount path -> data dict of every volume mounted in ``container``."""
+        """Mount path -> data dict of every volume mounted in ``container``,
+        which may run on a `link`-ed engine."""
+        if container.id not in self._containers:
+            for engine in self._neighbours:
+                if engine._containers.get(container.id) is container:
+                    return engine.volumes_of(container)
+
         return {
             path: self._volumes[name].data
             for name, path in container.spec.volumes.items()

@@ -62,6 +62,10 @@ class ContainerSpec:
         published_ports: Container TCP ports published on 127.0.0.1 at a port
             the engine picks (read it back from `ContainerInfo.host_ports`).
         memory_limit: Memory cap in bytes; ``None`` for none.
+        peer_address: A host address to publish ``published_ports`` on as
+            well (at ports the engine picks, read back from
+            `ContainerInfo.peer_ports`), where containers on other engines
+            reach them; ``None`` publishes on 127.0.0.1 only.
     """
 
     name: str
@@ -74,6 +78,7 @@ class ContainerSpec:
     volumes: dict[str, str] = field(factory=dict, converter=_mapping)
     published_ports: tuple[int, ...] = ()
     memory_limit: int | None = None
+    peer_address: str | None = None
 
 
 @frozen
@@ -90,6 +95,8 @@ class ContainerInfo:
             it never ran.
         oom_killed: Whether the kernel killed it for memory.
         host_ports: Container port -> port published on 127.0.0.1.
+        peer_ports: Container port -> port published on the peer address
+            (see `ContainerSpec.peer_address`).
     """
 
     id: str
@@ -100,6 +107,7 @@ class ContainerInfo:
     exit_code: int | None = None
     oom_killed: bool = False
     host_ports: dict[int, int] = field(factory=dict)
+    peer_ports: dict[int, int] = field(factory=dict)
 
 
 @frozen

@@ -62,6 +62,7 @@ def plan_from_data(data: Mapping[str, Any]) -> Plan:
         ports=_ports(fields.get("ports"), "plan.ports"),
         data_paths=_paths(fields.get("data_paths"), "plan.data_paths"),
         timeouts=_timeouts(fields.get("timeouts"), "plan.timeouts"),
+        moves=frozenset(_strings(fields.get("moves"), "plan.moves")),
     )
 
 
@@ -83,6 +84,7 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
         "ports": list(plan.ports),
         "data_paths": list(plan.data_paths),
         "timeouts": {hook.value: seconds for hook, seconds in plan.timeouts.items()},
+        "moves": sorted(plan.moves),
     }
 
 

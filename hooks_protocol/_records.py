@@ -98,6 +98,10 @@ class Plan:
             clients use.
         data_paths: Paths inside the container that hold data worth keeping.
         timeouts: Per-hook deadlines in seconds that override the defaults.
+        moves: How a running service of this image can move to another
+            engine: ``replication`` (new members follow the writer, then
+            take over) and ``export`` (``export``/``import`` hooks copy the
+            data). Empty: it cannot move while it runs.
     """
 
     roles: frozenset[Role]
@@ -106,6 +110,7 @@ class Plan:
     ports: tuple[int, ...] = ()
     data_paths: tuple[str, ...] = ()
     timeouts: dict[HookName, float] = field(factory=dict)
+    moves: frozenset[str] = frozenset()
 
 
 @frozen

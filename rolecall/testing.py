@@ -289,6 +289,7 @@ def _kv_plan(call: FakeHookCall) -> dict[str, Any]:
         "behaviours": ["migratable", "switchover"],
         "ports": [KV_PORT],
         "data_paths": [KV_DATA_PATH],
+        "moves": ["replication"],
     }
 
 

@@ -19,6 +19,7 @@ from ._naming import (
     LABEL_NUMBER,
     LABEL_SERVICE,
 )
+from ._open_supervisor import open_supervisor
 from ._reconciler import (
     ApplyRole,
     CreateMember,
@@ -34,7 +35,7 @@ from ._reconciler import (
 from ._records import MemberView, ServiceEvent, ServiceStatus
 from ._spec import ServiceSpec, check_plan, validate_spec
 from ._supervision import RestartKind, Strategy, Supervision
-from ._supervisor import Supervisor, open_supervisor
+from ._supervisor import Supervisor
 from ._switchover import SwitchoverSupersededError
 
 __all__ = [

@@ -143,7 +143,10 @@ class Acting(Observing):
             # so that a hook failing next does not hide that it exists.
             if isinstance(step, CreateMember):
                 await self._create(
-                    step.member, _planned_role(planned, step.member), step.extra
+                    step.member,
+                    _planned_role(planned, step.member),
+                    step.extra,
+                    step.engine,
                 )
             else:
                 await self._restart(step.member)
@@ -175,7 +178,7 @@ class Acting(Observing):
         return True
 
     async def _create(
-        self, member_id: str, role: Role | None, extra: Role | None
+        self, member_id: str, role: Role | None, extra: Role | None, engine: str
     ) -> None:
         started = time.monotonic()
         number = self.next_number
@@ -191,6 +194,7 @@ class Acting(Observing):
                 number,
                 origin=(self.generation, self.epoch, role),
                 extra=extra,
+                engine=engine,
             )
         # Taken only once the member exists: a create the engine refused is
         # retried under the same number (its name finds what it left).
@@ -201,8 +205,9 @@ class Acting(Observing):
         self.event(
             "member_created",
             member_id,
-            f"created container {member.name}",
+            f"created container {member.name} on engine {engine}",
             duration=time.monotonic() - started,
+            engine=engine,
         )
 
     async def _restart(self, member_id: str) -> None:
@@ -251,7 +256,7 @@ class Acting(Observing):
         The probe is waited for as briefly as a pass waits for its probes:
         a ``status`` hook that hangs must not hold up the steps that follow.
         """
-        await self.ask_member(member, Prepare(self.view(), plan=self.plan))
+        await self.ask_member(member, Prepare(self.view(member.engine), plan=self.plan))
         member.last_answer = anyio.current_time()
         # A container that outlived an earlier supervisor knows a newer
         # epoch than this controller: learn it before sending a role. (If
@@ -280,7 +285,7 @@ class Acting(Observing):
         )
         member = self.members[member_id]
         message = ApplyRoleMessage(
-            view=self.view(),
+            view=self.view(member.engine),
             role=step.role,
             primary=step.primary,
             epoch=epoch,
@@ -360,8 +365,10 @@ class Acting(Observing):
         # (one wedged on the container), raises here, which ends the pass.
         with anyio.move_on_after(FENCE_TIMEOUT) as deadline:
             with contextlib.suppress(ContainerGoneError):  # gone: fenced enough
-                await self.runtime.kill_container(member.container_id)
-                info = await self.runtime.inspect_container(member.container_id)
+                await self.runtime_of(member).kill_container(member.container_id)
+                info = await self.runtime_of(member).inspect_container(
+                    member.container_id
+                )
                 if info.state not in _FENCED:
                     raise EngineError(
                         f"could not fence member {member.id!r}: its container"
@@ -405,7 +412,7 @@ class Acting(Observing):
             return
 
         try:
-            await self.ask_member(member, StopService(self.view()))
+            await self.ask_member(member, StopService(self.view(member.engine)))
         except RolecallError as error:
             # The container goes anyway; a failed graceful stop only loses
             # the chance to flush, which a removed member no longer needs.

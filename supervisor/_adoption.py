@@ -81,9 +81,9 @@ class Adopting(Switching):
                 adopted and no step may be planned yet.
         """
         record = self.journaled
-        containers = await self.runtime.list_containers(
-            labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
-        )
+        listed = await self._list_everywhere(record)
+        containers = [info for info, _ in listed]
+        engines = {info.id: engine for info, engine in listed}
         others = sorted({c.image for c in containers} - {self.spec.image})
         if others:
             raise SpecError(
@@ -98,13 +98,14 @@ class Adopting(Switching):
         found = self._adoptable(containers)
         _refuse_to_guess(self.spec.name, found, record)
         adopted = [
-            await self._adopt(info, member_id, record)
+            await self._adopt(info, member_id, record, engines[info.id])
             for member_id, info in found.items()
             if member_id not in self.members
         ]
 
         if record is not None:
             self.failover_paused |= record.failover_paused
+            self.moving = record.move
             self.epoch = max(self.epoch, record.epoch)
             self.next_number = max(self.next_number, record.next_number)
 
@@ -121,6 +122,42 @@ class Adopting(Switching):
         self.journaled = None
         self.adopted = True
         self.persist()
+
+    async def _list_everywhere(
+        self, record: ServiceRecord | None
+    ) -> list[tuple[ContainerInfo, str]]:
+        """The service's containers, each with its engine: on the spec's
+        engine and every engine the journal places a member or a move on.
+
+        Raises:
+            RolecallError: One of those engines could not list them: what
+                the journal holds of its members must not be lost, so
+                nothing is adopted until it answers.
+        """
+        names = [self.spec.engine]
+        if record is not None:
+            names += [member.engine for member in record.members.values()]
+            if record.move is not None:
+                names += [record.move.source, record.move.target]
+
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        listed = []
+        for name in dict.fromkeys(names):
+            runtime = self.engines.get(name)
+            if runtime is None:
+                _log.warning(
+                    "engine_unknown",
+                    service=self.spec.name,
+                    engine=name,
+                    reason="the journal places members there and no engine"
+                    " has that name now; name it again to adopt them",
+                )
+                continue
+
+            for info in await runtime.list_containers(labels=labels):
+                listed.append((info, name))
+
+        return listed
 
     def _adoptable(self, containers: list[ContainerInfo]) -> dict[str, ContainerInfo]:
         """The containers to adopt by member id, in number order; those
@@ -142,7 +179,11 @@ class Adopting(Switching):
         return found
 
     async def _adopt(
-        self, info: ContainerInfo, member_id: str, record: ServiceRecord | None
+        self,
+        info: ContainerInfo,
+        member_id: str,
+        record: ServiceRecord | None,
+        engine: str,
     ) -> Member:
         kept = record.members.get(member_id) if record is not None else None
         role, primary, epoch = _kept_role(kept, running=is_running(info))
@@ -155,6 +196,7 @@ class Adopting(Switching):
             role=role,
             primary=primary,
             epoch=epoch,
+            engine=engine,
         )
         if kept is not None:
             member.fenced, member.synced = kept.fenced, kept.synced

@@ -26,6 +26,11 @@ service is removed, and when it is released (no longer managed, left
 running: gone from the runner's spec file), so another control plane may
 take the service up without a take-over.
 
+The claim is kept on the control plane's default engine, wherever the
+service's members run: a move to another engine does not carry it, so two
+control planes share a service's claim only when they share that default
+engine.
+
 Known gap: a pass checks the claim before it acts, not before each step,
 so a control plane that loses its claim mid-pass may finish that pass's
 steps while the one that took over starts its own; a take-over is for a

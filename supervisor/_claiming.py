@@ -31,12 +31,15 @@ class Claiming(ControllerState):
         """
         if self.claimed and not self.take_over:
             await check_claim(
-                self.runtime, self.spec.name, self.identity, labels=self.spec.labels
+                self.home_runtime,
+                self.spec.name,
+                self.identity,
+                labels=self.spec.labels,
             )
             return
 
         previous = await claim_service(
-            self.runtime,
+            self.home_runtime,
             self.spec.name,
             self.identity,
             labels=self.spec.labels,

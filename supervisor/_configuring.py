@@ -98,12 +98,12 @@ class Configuring(Acting):
     def stale_members(self) -> list[tuple[Member, str]]:
         """Running, prepared members ``configure`` must see again, and why;
         replicas first (oldest first), the writer last."""
-        now = self.view()
         stale = []
         for member in self.members.values():
             if not (member.alive and member.ready) or member.unresponsive:
                 continue
 
+            now = self.view(member.engine)
             # An adopted member (prepared by an earlier control plane, and
             # adoption runs no hook but status) has no view yet: it is
             # configured with what is current (see the module's docs).
@@ -158,7 +158,8 @@ class Configuring(Acting):
         """Run ``configure``; whether the member asks for its role again."""
         self.acting_on = member.id
         started = time.monotonic()
-        result = await self.ask_member(member, RunHook(self.view(), HookName.CONFIGURE))
+        message = RunHook(self.view(member.engine), HookName.CONFIGURE)
+        result = await self.ask_member(member, message)
         data: dict[str, Any] = result.data if isinstance(result, HookResult) else {}
         pending = data.get("restart_needed")
         fields: dict[str, object] = {"reason": why}

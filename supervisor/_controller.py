@@ -40,6 +40,7 @@ from ._claiming import Claiming
 from ._configuring import Configuring
 from ._dead_letters import CrashWatch
 from ._members import Member
+from ._moving import Moving
 from ._observing import is_running
 from ._outcomes import Reporting
 from ._pass_log import PassRecord
@@ -54,7 +55,7 @@ _log = structlog.get_logger("rolecall.supervisor")
 
 
 @define(eq=False)
-class ServiceController(Adopting, Configuring, Reporting, Claiming):
+class ServiceController(Moving, Adopting, Configuring, Reporting, Claiming):
     """Drives one service toward its spec and supervises its members.
 
     Args:
@@ -301,15 +302,9 @@ class ServiceController(Adopting, Configuring, Reporting, Claiming):
         try:
             await self._begin()
             await self.observe()
-            # A reconcile pass runs between two switchovers.
-            if self._switchovers and not self._switched:
-                self._switched = True
-                record.outcome = "switchover"
-                await self.run_switchover(self._switchovers.pop(0))
+            if await self._hand_over(record):
                 self.wake(urgent=True)
                 return
-
-            self._switched = False
 
             steps = self._plan()
             failing_over = promotes(steps, self.members)
@@ -333,7 +328,8 @@ class ServiceController(Adopting, Configuring, Reporting, Claiming):
             if not steps:
                 record.outcome = "acted" if configured else "idle"
                 self._report_withheld()
-                self._settled(generation)
+                if not self.advance_move():
+                    self._settled(generation)
                 return
 
             self.acted_since_converged = True
@@ -361,9 +357,26 @@ class ServiceController(Adopting, Configuring, Reporting, Claiming):
         if not self.adopted:
             await self.adopt()
 
+    async def _hand_over(self, record: PassRecord) -> bool:
+        """Run a switchover asked for, or a move's switch; whether one ran
+        (the pass ends there)."""
+        # A reconcile pass runs between two switchovers.
+        if self._switchovers and not self._switched:
+            self._switched = True
+            record.outcome = "switchover"
+            await self.run_switchover(self._switchovers.pop(0))
+            return True
+
+        self._switched = False
+        if await self.switch_move():
+            record.outcome = "move"
+            return True
+
+        return False
+
     def _plan(self, *, passed_over: frozenset[str] = frozenset()) -> list[Step]:
         return plan_steps(
-            self.spec,
+            self.planning_spec(),
             [m.observed() for m in self.members.values()],
             next_number=self.next_number,
             promote=not self.failover_paused,
@@ -373,9 +386,9 @@ class ServiceController(Adopting, Configuring, Reporting, Claiming):
     async def _check_member(self, member: Member) -> None:
         try:
             try:
-                info: ContainerInfo | None = await self.runtime.inspect_container(
-                    member.container_id
-                )
+                info: ContainerInfo | None = await self.runtime_of(
+                    member
+                ).inspect_container(member.container_id)
             except ContainerGoneError:
                 info = None
             except RolecallError:
@@ -427,6 +440,13 @@ class ServiceController(Adopting, Configuring, Reporting, Claiming):
                 f"service {self.spec.name!r} was closed before its switchover ran"
             )
             request.done.set()
+
+        self._answer_movers(
+            RolecallError(
+                f"service {self.spec.name!r} was closed while it moved; the"
+                " journal keeps the move, and the next control plane resumes it"
+            )
+        )
 
         for member_id in list(self.members):
             if remove:

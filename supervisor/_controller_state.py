@@ -10,7 +10,8 @@ The parts are mixins over it: ``_observing`` (listing, probes, losses),
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 import structlog
@@ -30,8 +31,9 @@ from ._durable import save_snapshot
 from ._identity import ControlPlaneIdentity, process_identity
 from ._journal import Journal
 from ._members import Member, MemberSpawner
+from ._naming import DEFAULT_ENGINE
 from ._records import MemberView, ServiceEvent, ServiceStatus
-from ._service_record import ChangeRecord, ServiceRecord
+from ._service_record import ChangeRecord, MoveRecord, ServiceRecord
 from ._spec import ServiceSpec
 from ._supervision import Backoff, Intensity
 
@@ -55,7 +57,8 @@ class ControllerState:
         spec: The desired state.
         plan: The image's plan, probed when the spec was accepted.
         convention: How the image's hooks are called.
-        runtime: The engine the members run on.
+        engines: Every engine's runtime, by name; members run on the one
+            they were placed on, new members on the spec's.
         spawner: Starts container actors in the supervisor's task group.
         emit: Receives timeline events.
         probe_interval: Seconds between passes when nothing wakes it.
@@ -64,7 +67,7 @@ class ControllerState:
     spec: ServiceSpec
     plan: Plan
     convention: HookConvention
-    runtime: ContainerRuntime
+    engines: Mapping[str, ContainerRuntime]
     spawner: MemberSpawner
     emit: Callable[[ServiceEvent], None]
     probe_interval: float = 2.0
@@ -133,11 +136,10 @@ class ControllerState:
     acting: anyio.CancelScope | None = None
     # The member the step under way acts on; None between steps.
     acting_on: str | None = None
-    # The hooks' view as `view` last built it, and what it was built from
-    # (the spec, the plan, each member's id, role and epoch); rebuilt only
-    # when one of those changed.
-    _view: ServiceView | None = None
-    _view_key: list[object] = field(factory=list)
+    # The hooks' view as `view` last built it for each engine, and what it
+    # was built from (the spec, the plan, each member's id, role, epoch,
+    # engine and peer ports); rebuilt only when one of those changed.
+    _views: dict[str, tuple[list[object], ServiceView]] = field(factory=dict)
     # Where the service's record is kept; None keeps nothing on disk.
     journal: Journal | None = None
     # The record a previous control plane left, until adoption has used it.
@@ -156,13 +158,49 @@ class ControllerState:
     # Whether the next claim may replace another control plane's; cleared
     # once the claim is ours.
     take_over: bool = False
+    # The engine the service ran on before its last move finished (the one
+    # the caller's spec may still name); `spec.engine` when it never moved.
+    source_engine: str = field(init=False)
+    # The move to another engine under way; None when none is (see
+    # ``_moving``). Journaled with every snapshot.
+    moving: MoveRecord | None = None
+    # Callers of `move` waiting for the move under way to end; answered
+    # and emptied when it finishes or is undone.
+    move_waiters: list[Any] = field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         self.source = (self.spec.topology, self.spec.replicas)
+        self.source_engine = self.spec.engine
         self.dead_letters = DeadLetterLog(self.spec.name)
         self.pass_backoff = Backoff(self.spec.supervision)
         self.restart_backoff = Backoff(self.spec.supervision)
         self.intensity = Intensity(self.spec.supervision)
+
+    # -- engines -------------------------------------------------------------
+
+    @property
+    def runtime(self) -> ContainerRuntime:
+        """The runtime of the engine new members are placed on."""
+        return self.engines[self.spec.engine]
+
+    @property
+    def home_runtime(self) -> ContainerRuntime:
+        """The runtime of the default engine, where the service's claim is
+        kept wherever its members run (see ``_claim``)."""
+        return self.engines[DEFAULT_ENGINE]
+
+    def runtime_of(self, member: Member) -> ContainerRuntime:
+        """The runtime of the engine ``member`` runs on."""
+        return self.engines[member.engine]
+
+    def engines_in_use(self) -> list[str]:
+        """The spec's engine, then every other engine a member runs on."""
+        names = [self.spec.engine]
+        for member in self.members.values():
+            if member.engine not in names:
+                names.append(member.engine)
+
+        return names
 
     # -- waking --------------------------------------------------------------
 
@@ -295,30 +333,35 @@ class ControllerState:
             failover_paused=self.failover_paused,
             failure=self.failure,
             dead_letters=self.dead_letters.total,
+            engine=self.spec.engine,
+            moving=_moving(self.moving),
         )
 
-    def view(self) -> ServiceView:
-        """What the hooks are told about the service.
+    def view(self, engine: str | None = None) -> ServiceView:
+        """What the hooks of members on ``engine`` (by default the spec's)
+        are told about the service.
 
-        Every ask carries one, and most asks find the members as the last
-        one did: the view is reused while nothing it shows has changed,
-        which spares a service of n members n new records per ask.
+        Addresses are as seen from that engine (see `address`). Every ask
+        carries a view, and most asks find the members as the last one
+        did: the view is reused while nothing it shows has changed, which
+        spares a service of n members n new records per ask.
         """
+        engine = engine or self.spec.engine
         key: list[object] = [self.spec, self.plan]
         for m in self.members.values():
-            key += (m.id, m.actor.role, m.actor.epoch)
+            key += (m.id, m.actor.role, m.actor.epoch, m.engine, m.peer_ports)
 
-        if self._view is not None and key == self._view_key:
-            return self._view
+        cached = self._views.get(engine)
+        if cached is not None and key == cached[0]:
+            return cached[1]
 
-        self._view_key = key
-        self._view = ServiceView(
+        view = ServiceView(
             service=self.spec.name,
             members=tuple(
                 MemberInfo(
                     id=m.id,
                     role=m.actor.role,
-                    address=self.address(m.id),
+                    address=self.address(m.id, seen_from=engine),
                     epoch=m.actor.epoch,
                 )
                 for m in self.members.values()
@@ -328,8 +371,9 @@ class ControllerState:
             secret_keys=self.spec.secret_keys,
             timeouts=self.spec.timeouts,
         )
+        self._views[engine] = (key, view)
 
-        return self._view
+        return view
 
     def writer(self) -> Member | None:
         """The member taking writes, if one runs and answers.
@@ -355,9 +399,27 @@ class ControllerState:
             for other in self.members.values()
         )
 
-    def address(self, member_id: str) -> str:
-        """``host:port`` at which other members reach ``member_id``."""
-        return f"{member_id}:{self.plan.ports[0]}"
+    def address(self, member_id: str, *, seen_from: str | None = None) -> str:
+        """``host:port`` at which members on ``seen_from`` (an engine; by
+        default the member's own) reach ``member_id``.
+
+        On its own engine a member is reached by its network alias; from
+        another engine at its engine's peer address and the port published
+        there. A member whose engine has no peer address (or whose port is
+        not published yet) shows its alias: other engines cannot reach it,
+        which a move checks before it starts.
+        """
+        port = self.plan.ports[0]
+        member = self.members.get(member_id)
+        if member is None or seen_from in (None, member.engine):
+            return f"{member_id}:{port}"
+
+        peer = self.spawner.peer_addresses.get(member.engine)
+        published = member.peer_ports.get(port)
+        if peer is None or published is None:
+            return f"{member_id}:{port}"
+
+        return f"{peer}:{published}"
 
     def member_view(self, member: Member) -> MemberView:
         """One member as ``status`` shows it."""
@@ -377,6 +439,7 @@ class ControllerState:
             published=f"127.0.0.1:{port}" if port else None,
             following=member.actor.primary,
             extra=member.extra,
+            engine=member.engine,
         )
 
     # -- timeline ------------------------------------------------------------
@@ -410,3 +473,10 @@ class ControllerState:
             **fields,
         )
         self.emit(event)
+
+
+def _moving(move: MoveRecord | None) -> str | None:
+    if move is None:
+        return None
+
+    return f"to {move.target} by {move.way}: {move.phase}"

@@ -54,10 +54,14 @@ def snapshot(state: ControllerState, change: ChangeRecord | None) -> ServiceReco
                 epoch=member.actor.epoch,
                 fenced=member.fenced,
                 synced=member.synced,
+                engine=member.engine,
             )
             for member in state.members.values()
         },
         change=change,
+        engine=state.spec.engine,
+        source_engine=state.source_engine,
+        move=state.moving,
     )
 
 

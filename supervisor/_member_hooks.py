@@ -73,7 +73,7 @@ async def run_member_hook(
             service=service,
         )
 
-    message = RunHook(controller.view(), name, dict(request or {}))
+    message = RunHook(controller.view(target.engine), name, dict(request or {}))
     result = await target.ref.ask(message, timeout=timeout)
     if not isinstance(result, HookResult):
         raise TypeError(f"the {name} hook answered {result!r}, not a HookResult")

@@ -29,6 +29,7 @@ from rolecall.actors import (
 from rolecall.hooks_protocol import ContainerGoneError, MemberStatus, Plan, Role
 
 from ._naming import (
+    DEFAULT_ENGINE,
     LABEL_EXTRA,
     container_name,
     member_labels,
@@ -76,6 +77,9 @@ class Member:
     labels: dict[str, str] = field(factory=dict)
     # Container port -> port published on 127.0.0.1.
     host_ports: dict[int, int] = field(factory=dict)
+    # Container port -> port published on its engine's peer address, for
+    # members on other engines; empty when the engine has none.
+    peer_ports: dict[int, int] = field(factory=dict)
     # Whether the container ran at the last observation.
     alive: bool = True
     # Whether the container no longer exists at all.
@@ -126,6 +130,9 @@ class Member:
     # Whether its last status, taken after its last role command, reported
     # that role and healthy; false again after every role change.
     confirmed: bool = False
+    # The engine its container runs on, by name; fixed for the member's
+    # life (a move makes new members, it never carries one over).
+    engine: str = DEFAULT_ENGINE
 
     @property
     def ready(self) -> bool:
@@ -193,6 +200,7 @@ class Member:
             extra=self.extra,
             epoch=self.actor.epoch,
             confirmed=self.confirmed and alive,
+            engine=self.engine,
         )
 
     def link_down_for(self) -> float:
@@ -205,18 +213,24 @@ class Member:
 class MemberSpawner:
     """Creates, restarts and removes member containers and their actors.
 
+    Each member's container lives on the engine the member was placed on,
+    and its actor runs hooks through that engine's runtime.
+
     Args:
-        runtime: The engine members run on.
+        engines: The runtime of each engine, by name.
         actors: Starts actors in the supervisor's task group.
     """
 
-    runtime: ContainerRuntime
+    engines: Mapping[str, ContainerRuntime]
     actors: ActorSpawner
     # Where member actors' crash notices go; None logs them instead. The
     # service controller sets it before it spawns a member.
     parent: ActorRef[ChildCrashed] | None = None
     # Receives messages member actors could not handle, with the reason.
     on_dead_letter: Callable[[str, object, str], object] | None = None
+    # Engine name -> the address other engines' containers reach ports
+    # published on it at; engines without one are absent.
+    peer_addresses: Mapping[str, str] = field(factory=dict)
 
     async def create(
         self,
@@ -228,13 +242,15 @@ class MemberSpawner:
         *,
         origin: tuple[int, int, Role | None] | None = None,
         extra: Role | None = None,
+        engine: str = DEFAULT_ENGINE,
     ) -> Member:
         """Create and start a member's container and spawn its actor.
 
         ``origin`` (generation, epoch, role at creation) goes into its
         labels; see ``_naming``. ``extra`` is the role of an extra member;
-        ``None`` for a member of the topology.
+        ``None`` for a member of the topology. ``engine`` is where it goes.
         """
+        runtime = self.engines[engine]
         labels = member_labels(
             spec.name,
             member_id,
@@ -242,21 +258,23 @@ class MemberSpawner:
             spec.labels,
             origin=origin,
             extra_role=extra,
+            engine=engine,
         )
-        await self.runtime.create_network(
+        # Networks are per engine: each engine's members share their own.
+        await runtime.create_network(
             network_name(spec.name), labels=service_labels(spec.name, spec.labels)
         )
         mounts = volume_mounts(member_id, plan.data_paths)
         for volume in mounts:
-            await self.runtime.create_volume(volume, labels=labels)
+            await runtime.create_volume(volume, labels=labels)
 
-        info = await self.runtime.create_container(
-            self._container_spec(spec, plan, member_id, labels)
+        info = await runtime.create_container(
+            self._container_spec(spec, plan, member_id, labels, engine)
         )
-        await self.runtime.start_container(info.id)
-        info = await self.runtime.inspect_container(info.id)
+        await runtime.start_container(info.id)
+        info = await runtime.inspect_container(info.id)
         actor = ContainerActor(
-            runtime=self.runtime,
+            runtime=runtime,
             container_id=info.id,
             member_id=member_id,
             convention=convention,
@@ -274,7 +292,9 @@ class MemberSpawner:
             volumes=tuple(mounts),
             labels=labels,
             host_ports=dict(info.host_ports),
+            peer_ports=dict(info.peer_ports),
             extra=extra,
+            engine=engine,
         )
 
     async def adopt(
@@ -288,14 +308,16 @@ class MemberSpawner:
         role: Role | None,
         primary: str | None,
         epoch: int,
+        engine: str = DEFAULT_ENGINE,
     ) -> Member:
         """Take on a container an earlier control plane created.
 
         Nothing runs in it: the actor starts at phase CREATED with the role
         the journal kept; the caller asks ``status`` what holds now.
+        ``engine`` is the engine it was listed on.
         """
         actor = ContainerActor(
-            runtime=self.runtime,
+            runtime=self.engines[engine],
             container_id=info.id,
             member_id=member_id,
             convention=convention,
@@ -317,7 +339,9 @@ class MemberSpawner:
             volumes=tuple(volume_mounts(member_id, plan.data_paths)),
             labels=dict(info.labels),
             host_ports=dict(info.host_ports),
+            peer_ports=dict(info.peer_ports),
             extra=_extra_role(info.labels),
+            engine=engine,
         )
 
     async def respawn(self, member: Member) -> None:
@@ -331,7 +355,7 @@ class MemberSpawner:
         """
         old = member.actor
         actor = ContainerActor(
-            runtime=self.runtime,
+            runtime=self.engines[member.engine],
             container_id=member.container_id,
             member_id=member.id,
             convention=old.convention,
@@ -352,6 +376,7 @@ class MemberSpawner:
         outlives the container, so a recreated container finds the
         member's data where it left it.
         """
+        runtime = self.engines[member.engine]
         if member.missing:
             labels = member.labels or member_labels(
                 spec.name,
@@ -359,34 +384,37 @@ class MemberSpawner:
                 member.number,
                 spec.labels,
                 extra_role=member.extra,
+                engine=member.engine,
             )
-            info = await self.runtime.create_container(
-                self._container_spec(spec, plan, member.id, labels)
+            info = await runtime.create_container(
+                self._container_spec(spec, plan, member.id, labels, member.engine)
             )
             member.container_id = info.id
             member.actor.container_id = info.id
             member.missing = False
 
         with contextlib.suppress(ContainerGoneError):
-            info = await self.runtime.inspect_container(member.container_id)
+            info = await runtime.inspect_container(member.container_id)
             if info.state in _LIVE_STATES:
-                await self.runtime.kill_container(member.container_id)
+                await runtime.kill_container(member.container_id)
 
-        await self.runtime.start_container(member.container_id)
-        info = await self.runtime.inspect_container(member.container_id)
+        await runtime.start_container(member.container_id)
+        info = await runtime.inspect_container(member.container_id)
         member.host_ports = dict(info.host_ports)
+        member.peer_ports = dict(info.peer_ports)
 
     async def remove(self, member: Member) -> None:
         """Remove a member's container, stop its actor, remove its volumes."""
         # The container goes first: that ends a hook still running in it,
         # which the actor would otherwise finish before it stops.
+        runtime = self.engines[member.engine]
         with contextlib.suppress(ContainerGoneError):  # gone: goal reached
-            await self.runtime.remove_container(member.container_id)
+            await runtime.remove_container(member.container_id)
 
         await member.ref.stop(drain=False)
 
         for volume in member.volumes:
-            await self.runtime.remove_volume(volume)
+            await runtime.remove_volume(volume)
 
     async def _spawn(self, actor: ContainerActor) -> ActorRef[ContainerMessage]:
         return await self.actors.spawn(
@@ -408,8 +436,15 @@ class MemberSpawner:
         return dead_letter
 
     def _container_spec(
-        self, spec: ServiceSpec, plan: Plan, member_id: str, labels: dict[str, str]
+        self,
+        spec: ServiceSpec,
+        plan: Plan,
+        member_id: str,
+        labels: dict[str, str],
+        engine: str,
     ) -> ContainerSpec:
+        # Members on other engines reach this one's ports at the engine's
+        # peer address; an engine without one is reached on its own only.
         return ContainerSpec(
             name=container_name(member_id),
             image=spec.image,
@@ -419,6 +454,7 @@ class MemberSpawner:
             volumes=volume_mounts(member_id, plan.data_paths),
             published_ports=plan.ports,
             memory_limit=spec.memory_limit,
+            peer_address=self.peer_addresses.get(engine),
         )
 
 

@@ -21,8 +21,10 @@ from rolecall.actors import LABEL_PREFIX
 from rolecall.hooks_protocol import Role
 
 __all__ = [
+    "DEFAULT_ENGINE",
     "LABEL_CREATED_EPOCH",
     "LABEL_CREATED_ROLE",
+    "LABEL_ENGINE",
     "LABEL_EXPIRES",
     "LABEL_EXTRA",
     "LABEL_GENERATION",
@@ -45,9 +47,15 @@ LABEL_GENERATION = f"{LABEL_PREFIX}.generation"
 LABEL_CREATED_EPOCH = f"{LABEL_PREFIX}.created-epoch"
 LABEL_CREATED_ROLE = f"{LABEL_PREFIX}.created-role"
 LABEL_EXTRA = f"{LABEL_PREFIX}.extra"
+"""On an extra member (see ``ServiceSpec.extras``): the role it was made for."""
 LABEL_EXPIRES = f"{LABEL_PREFIX}.expires"
 """On a throwaway container: Unix time after which nobody uses it."""
-"""On an extra member (see ``ServiceSpec.extras``): the role it was made for."""
+LABEL_ENGINE = f"{LABEL_PREFIX}.engine"
+"""The name of the engine a member was placed on, as the spec names it."""
+
+DEFAULT_ENGINE = "default"
+"""The engine rolecall uses when a spec names none: ``DOCKER_HOST`` or the
+local socket, or the runtime an embedding passes."""
 
 
 def container_name(member_id: str) -> str:
@@ -83,6 +91,7 @@ def member_labels(
     *,
     origin: tuple[int, int, Role | None] | None = None,
     extra_role: Role | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> dict[str, str]:
     """Labels a member's container and volumes carry.
 
@@ -95,11 +104,13 @@ def member_labels(
             role the member is created for, at its creation.
         extra_role: For an extra member (see ``ServiceSpec.extras``), the
             role it is made for.
+        engine: The engine it is placed on.
     """
     labels = {
         **service_labels(service, extra),
         LABEL_MEMBER: member_id,
         LABEL_NUMBER: str(number),
+        LABEL_ENGINE: engine,
     }
     if origin is not None:
         generation, epoch, role = origin

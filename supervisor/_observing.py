@@ -32,6 +32,7 @@ from rolecall.actors import (
 )
 from rolecall.hooks_protocol import (
     ContainerGoneError,
+    EngineError,
     HookName,
     MemberStatus,
     RolecallError,
@@ -90,16 +91,53 @@ class Observing(ControllerState):
                 await self.replace_actor(member)
 
         listed_at = anyio.current_time()
-        containers = await self.runtime.list_containers(
-            labels={LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
-        )
-        by_id = {c.id: c for c in containers}
-        for member in self.members.values():
-            self.see(member, by_id.get(member.container_id), listed_at=listed_at)
+        for engine in self.engines_in_use():
+            by_id = await self._list(engine)
+            for member in self.members.values():
+                if member.engine != engine:
+                    continue
+
+                if by_id is not None:  # else unknown: see `_list`
+                    info = by_id.get(member.container_id)
+                    self.see(member, info, listed_at=listed_at)
 
         self.start_probes()
         await self._wait_probes()
         self.check_answering()
+
+    async def _list(self, engine: str) -> dict[str, ContainerInfo] | None:
+        """The service's containers on ``engine`` by id; ``None`` when the
+        engine does not answer.
+
+        Members on an engine that does not answer are unknown, not lost:
+        they are marked unhealthy, their probes fail until the deadline
+        makes them unresponsive, and only then does the reconciler act,
+        on that engine (fence, restart). A member is never recreated on
+        another engine by guesswork: only a move places members elsewhere,
+        and an engine that comes back finds its containers where they were.
+        The service's own engine not answering fails the pass, as before.
+        """
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        runtime = self.engines[engine]
+        try:
+            containers = await runtime.list_containers(labels=labels)
+        except EngineError as error:
+            for member in self.members.values():
+                if member.engine == engine:
+                    member.healthy = False
+
+            if engine == self.spec.engine:
+                raise
+
+            _log.warning(
+                "engine_unreachable",
+                service=self.spec.name,
+                engine=engine,
+                error=str(error),
+            )
+            return None
+
+        return {c.id: c for c in containers}
 
     def see(
         self,
@@ -223,7 +261,7 @@ class Observing(ControllerState):
     async def probe(self, member: Member) -> None:
         """Run ``status`` on a member and keep what it reports."""
         try:
-            report = await self.ask_member(member, Probe(self.view()))
+            report = await self.ask_member(member, Probe(self.view(member.engine)))
         except ContainerGoneError:
             await self._gone_during_probe(member)
             return
@@ -273,7 +311,8 @@ class Observing(ControllerState):
             return
 
         try:
-            info: ContainerInfo | None = await self.runtime.inspect_container(
+            runtime = self.runtime_of(member)
+            info: ContainerInfo | None = await runtime.inspect_container(
                 member.container_id
             )
         except RolecallError:

@@ -33,7 +33,13 @@ The rules, in the order they are applied:
 6. Extra members (``ServiceSpec.extras``, a backup node say) follow the
    writer in their own role, in either topology; they are never promoted,
    never count as replicas, and are restarted or replaced when lost.
-7. Restarts obey the service's `Supervision`: a member whose restart kind
+7. Placement: new members go to the spec's engine. Of the members a
+   topology or an extra role has room for, those on the spec's engine are
+   kept first, so a member left on another engine (a move's old members
+   once the move switched over; a move's new ones when it is undone) is
+   the surplus removed. Nothing here ever creates a member elsewhere in
+   place of one on an engine that does not answer.
+8. Restarts obey the service's `Supervision`: a member whose restart kind
    forbids it (``temporary``, or ``transient`` after a clean exit) stays
    down; a restart under ``one_for_all`` restarts every other member too,
    under ``rest_for_one`` every member created after it.
@@ -241,7 +247,7 @@ class _Planner:
         # fresh copy (PostgreSQL falls back to a copy by itself).
         others = sorted(
             (m for m in self.members if m.id != writer),
-            key=lambda m: (m.is_writer, m.number),
+            key=lambda m: (m.is_writer, self._elsewhere(m), m.number),
         )
         followers = 0
         for member in others:
@@ -269,7 +275,10 @@ class _Planner:
                 self.steps.append(RemoveMember(member.id))
 
         for role, wanted in sorted(self.spec.extras.items()):
-            mine = [m for m in self.extras if m.extra is role]
+            mine = sorted(
+                (m for m in self.extras if m.extra is role),
+                key=lambda m: (self._elsewhere(m), m.number),
+            )
             for member in mine[wanted:]:
                 self.steps.append(RemoveMember(member.id))
 
@@ -328,6 +337,10 @@ class _Planner:
         return self._create()
 
     # -- helpers ------------------------------------------------------------
+
+    def _elsewhere(self, member: ObservedMember) -> bool:
+        """Whether ``member`` runs on another engine than the spec's."""
+        return member.engine != self.spec.engine
 
     def _superseded(self, member: ObservedMember) -> bool:
         """A writer whose writer role a newer epoch handed to another."""
@@ -396,7 +409,7 @@ class _Planner:
     def _create(self, *, extra: Role | None = None) -> str:
         member = f"{self.spec.name}-{self.next_number}"
         self.next_number += 1
-        self.steps.append(CreateMember(member, extra))
+        self.steps.append(CreateMember(member, extra, self.spec.engine))
 
         return member
 

@@ -28,6 +28,7 @@ class MemberView:
         following: For a replica: the member it follows.
         extra: For an extra member (see ``ServiceSpec.extras``): the role
             it was created to take; ``None`` for the topology's members.
+        engine: The engine its container runs on, by name.
     """
 
     id: str
@@ -43,6 +44,7 @@ class MemberView:
     published: str | None = None
     following: str | None = None
     extra: Role | None = None
+    engine: str = "default"
 
 
 @frozen
@@ -64,6 +66,9 @@ class ServiceStatus:
             see `Supervision`, or another control plane's claim on it);
             ``None`` while it has not. Applying a spec again clears it.
         dead_letters: Messages its member actors could not handle so far.
+        engine: The engine new members go to (after a move, the target).
+        moving: While a move runs: the engine it goes to, the way and the
+            phase (``to engine2 by replication: grow``); ``None`` otherwise.
     """
 
     name: str
@@ -78,6 +83,8 @@ class ServiceStatus:
     failover_paused: bool = False
     failure: str | None = None
     dead_letters: int = 0
+    engine: str = "default"
+    moving: str | None = None
 
     def member(self, member_id: str) -> MemberView:
         """The view of one member.

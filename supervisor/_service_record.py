@@ -15,7 +15,11 @@ the engine or the members:
   that it synced;
 - the step under way, if any (`ChangeRecord`), so the next start finishes
   it or undoes it;
-- whether failover is paused.
+- whether failover is paused;
+- the engine the service lives on when a move put it there (and the one
+  it lived on before, which the caller's spec may still name), each
+  member's engine, and the move under way (`MoveRecord`): its target, its
+  way and its phase, so a move outlives a crash.
 
 No secret is written: the image, ``config`` and ``env`` come again from the
 spec file (runner) or from the caller's ``apply`` (embedded).
@@ -34,6 +38,7 @@ __all__ = [
     "RECORD_FORMAT",
     "ChangeRecord",
     "MemberRecord",
+    "MoveRecord",
     "ServiceRecord",
     "record_from_data",
     "record_to_data",
@@ -55,6 +60,7 @@ class MemberRecord:
         fenced: Whether rolecall killed it to keep it from taking writes.
         synced: Whether it completed a sync (it holds the service's data),
             which a replica whose primary is gone can no longer show.
+        engine: The engine its container runs on.
     """
 
     number: int
@@ -63,6 +69,26 @@ class MemberRecord:
     epoch: int = 0
     fenced: bool = False
     synced: bool = False
+    engine: str = "default"
+
+
+@frozen
+class MoveRecord:
+    """A move of the service to another engine, under way.
+
+    Attributes:
+        target: The engine it moves to.
+        source: The engine it moves from.
+        way: ``replication`` or ``export`` (see the plan's ``moves``).
+        phase: ``grow`` (members made on the target catch up), ``switch``
+            (writes handed to one of them) or ``retire`` (the old members
+            removed); see ``_moving``.
+    """
+
+    target: str
+    source: str
+    way: str
+    phase: str
 
 
 @frozen
@@ -100,6 +126,9 @@ class ServiceRecord:
     members: dict[str, MemberRecord] = field(factory=dict)
     change: ChangeRecord | None = None
     written_at: float = field(factory=time.time)
+    engine: str = "default"
+    source_engine: str = "default"
+    move: MoveRecord | None = None
 
 
 def record_to_data(record: ServiceRecord) -> dict[str, Any]:
@@ -122,11 +151,15 @@ def record_to_data(record: ServiceRecord) -> dict[str, Any]:
                 "epoch": member.epoch,
                 "fenced": member.fenced,
                 "synced": member.synced,
+                "engine": member.engine,
             }
             for member_id, member in record.members.items()
         },
         "change": None if record.change is None else _change_data(record.change),
         "written_at": record.written_at,
+        "engine": record.engine,
+        "source_engine": record.source_engine,
+        "move": None if record.move is None else _move_data(record.move),
     }
 
 
@@ -148,10 +181,12 @@ def record_from_data(data: dict[str, Any]) -> ServiceRecord:
                 epoch=int(member.get("epoch", 0)),
                 fenced=bool(member.get("fenced", False)),
                 synced=bool(member.get("synced", False)),
+                engine=str(member.get("engine", "default")),
             )
             for member_id, member in dict(data.get("members") or {}).items()
         }
         change = data.get("change")
+        move = data.get("move")
         return ServiceRecord(
             service=str(data["service"]),
             topology=Topology(data["topology"]),
@@ -164,9 +199,30 @@ def record_from_data(data: dict[str, Any]) -> ServiceRecord:
             members=members,
             change=None if change is None else _change(change),
             written_at=float(data.get("written_at", 0.0)),
+            engine=str(data.get("engine", "default")),
+            source_engine=str(data.get("source_engine", "default")),
+            move=None if move is None else _move(move),
         )
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"a record field is missing or misshapen: {error}") from None
+
+
+def _move_data(move: MoveRecord) -> dict[str, Any]:
+    return {
+        "target": move.target,
+        "source": move.source,
+        "way": move.way,
+        "phase": move.phase,
+    }
+
+
+def _move(data: dict[str, Any]) -> MoveRecord:
+    return MoveRecord(
+        target=str(data["target"]),
+        source=str(data["source"]),
+        way=str(data["way"]),
+        phase=str(data["phase"]),
+    )
 
 
 def _change_data(change: ChangeRecord) -> dict[str, Any]:

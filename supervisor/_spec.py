@@ -23,25 +23,44 @@ from rolecall.hooks_protocol import (
     UnsupportedTopologyError,
 )
 
-from ._naming import LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE
+from ._naming import (
+    DEFAULT_ENGINE,
+    LABEL_ENGINE,
+    LABEL_MANAGED,
+    LABEL_MEMBER,
+    LABEL_NUMBER,
+    LABEL_SERVICE,
+)
 from ._supervision import Supervision, validate_supervision
 
 __all__ = [
+    "ENGINE_NAME",
+    "MOVE_WAYS",
     "TOPOLOGY_ROLES",
     "ServiceSpec",
     "check_change",
     "check_memory",
+    "check_move",
     "check_plan",
     "roles_needed",
     "validate_spec",
 ]
 
 # Labels rolecall puts on what it creates; a spec's own would be overwritten.
-_RESERVED_LABELS = frozenset({LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE})
+_RESERVED_LABELS = frozenset(
+    {LABEL_ENGINE, LABEL_MANAGED, LABEL_MEMBER, LABEL_NUMBER, LABEL_SERVICE}
+)
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]+)*")
+ENGINE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+"""What an engine's name may look like: it goes into labels and the log."""
 _MAX_REPLICAS = 16
 _MAX_EXTRAS = 4
+
+MOVE_WAYS = ("replication", "export")
+"""The ways a plan may declare in ``moves``, the preferred first."""
+
+_SWITCHOVER = "switchover"
 
 TOPOLOGY_ROLES = frozenset({Role.STANDALONE, Role.PRIMARY, Role.REPLICA})
 """Roles the topologies hand out; an extra member takes any other role."""
@@ -124,6 +143,10 @@ class ServiceSpec:
             (``{"backup": 1}``): they follow the writer in that role, are
             never promoted, and are replaced like replicas when lost. The
             image's plan must offer the role.
+        engine: The engine new members are placed on, by the name the
+            control plane knows it under (``default`` unless the spec file
+            or the embedding names more). A running service changes
+            engine only through a move (`Supervisor.move`).
     """
 
     name: str
@@ -138,6 +161,7 @@ class ServiceSpec:
     timeouts: dict[HookName, float] = field(factory=dict, converter=_timeouts)
     supervision: Supervision = field(factory=Supervision, converter=_supervision)
     extras: dict[Role, int] = field(factory=dict, converter=_extras)
+    engine: str = DEFAULT_ENGINE
 
     @property
     def size(self) -> int:
@@ -195,6 +219,14 @@ def _validate(spec: ServiceSpec) -> None:
         raise SpecError(
             f"service name {spec.name!r} is not usable: use lower case letters,"
             " digits and single dashes, starting with a letter (at most 40)",
+            service=spec.name,
+        )
+
+    if not isinstance(spec.engine, str) or not ENGINE_NAME.fullmatch(spec.engine):
+        raise SpecError(
+            f"service {spec.name!r} names engine {spec.engine!r}: an engine"
+            " name is lower case letters, digits, dashes and underscores,"
+            " starting with a letter (at most 40)",
             service=spec.name,
         )
 
@@ -373,3 +405,74 @@ def check_plan(spec: ServiceSpec, plan: Plan) -> None:
             " hook must list the port clients use first",
             service=spec.name,
         )
+
+
+def check_move(
+    spec: ServiceSpec, plan: Plan, way: str | None, peers: Mapping[str, str]
+) -> str:
+    """Check that a service can move off (or onto) ``spec.engine``.
+
+    Args:
+        spec: The service's spec, with the engine to check.
+        plan: Its image's plan.
+        way: The way asked for; ``None`` takes the first the plan offers.
+        peers: Engine name -> peer address.
+
+    Returns:
+        The way to move.
+
+    Raises:
+        SpecError: The image cannot move that way, or the engine has no
+            peer address.
+    """
+    name = spec.name
+    offered = [w for w in MOVE_WAYS if w in plan.moves]
+    if way is None and not offered:
+        raise SpecError(
+            f"image {spec.image!r} declares no way to move a running service"
+            f" in its plan (`moves`; known ways: {', '.join(MOVE_WAYS)})",
+            service=name,
+        )
+
+    way = way or offered[0]
+    if way not in offered:
+        raise SpecError(
+            f"image {spec.image!r} cannot move by {way!r}: its plan offers {offered!r}",
+            service=name,
+        )
+
+    if way == "export":
+        # Known gap: the export/import way (a live export, a copy through
+        # the engines' archive API, a final round under a fence) is not
+        # built yet; replication is the way every move takes now.
+        raise SpecError(
+            f"moving by {way!r} is not supported by this rolecall yet: move"
+            " by 'replication'",
+            service=name,
+        )
+
+    needed = {Role.PRIMARY, Role.REPLICA} - plan.roles
+    if needed or Topology.REDUNDANT not in plan.topologies:
+        raise SpecError(
+            f"image {spec.image!r} cannot move by replication: its plan lacks"
+            " the redundant topology or the primary and replica roles",
+            service=name,
+        )
+
+    if _SWITCHOVER not in plan.behaviours:
+        raise SpecError(
+            f"image {spec.image!r} cannot move by replication: its plan does"
+            f" not declare the {_SWITCHOVER!r} behaviour, so writes cannot be"
+            " handed over without losing some",
+            service=name,
+        )
+
+    if spec.engine not in peers:
+        raise SpecError(
+            f"engine {spec.engine!r} has no peer address, so members on"
+            " another engine cannot reach its members: set `peer_address` in"
+            f" the spec file's [engines.{spec.engine}] table",
+            service=name,
+        )
+
+    return way

@@ -56,6 +56,8 @@ class ObservedMember:
         recycle: Whether its running container is to be restarted because
             another member was (the ``one_for_all`` and ``rest_for_one``
             strategies); set by the planner, not by observation.
+        engine: The engine its container runs on; of members otherwise
+            alike, those on the spec's engine are kept first.
     """
 
     id: str
@@ -74,6 +76,7 @@ class ObservedMember:
     confirmed: bool = False
     link_down_for: float = 0.0
     recycle: bool = False
+    engine: str = "default"
 
     @property
     def is_writer(self) -> bool:
@@ -91,11 +94,12 @@ class CreateMember:
     """Create a new member's volume and container, then prepare it.
 
     ``extra`` is the role of an extra member (see ``ServiceSpec.extras``);
-    ``None`` for a member of the topology.
+    ``None`` for a member of the topology. ``engine`` is where it goes.
     """
 
     member: str
     extra: Role | None = None
+    engine: str = "default"
 
 
 @frozen

@@ -1,15 +1,16 @@
 """The supervisor: holds desired state for every service and drives it.
 
 It owns one controller per service and the container actors under them,
-watches the engine's events to wake the right controller when a container
-dies, and publishes a timeline of what it did.
+watches every engine's events to wake the right controller when a
+container dies, and publishes a timeline of what it did. `open_supervisor`
+(in ``_open_supervisor``) runs one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 import structlog
@@ -37,12 +38,19 @@ from ._claim import (
     release_claim,
 )
 from ._controller import ServiceController
-from ._durable import load_records, snapshot
+from ._durable import snapshot
 from ._engine_watch import forward_engine_events
-from ._identity import ControlPlaneIdentity, load_identity, process_identity
+from ._identity import ControlPlaneIdentity, process_identity
 from ._journal import Journal
 from ._members import MemberSpawner
-from ._naming import LABEL_MANAGED, LABEL_SERVICE, network_name
+from ._naming import DEFAULT_ENGINE
+from ._placement import (
+    check_target,
+    container_names,
+    engine_named,
+    placed,
+    sweep,
+)
 from ._plan_probe import read_plan
 from ._reconciler import Step, plan_steps
 from ._records import ServiceEvent, ServiceStatus
@@ -51,12 +59,13 @@ from ._spec import (
     ServiceSpec,
     check_change,
     check_memory,
+    check_move,
     check_plan,
     validate_spec,
 )
 from ._timeline import Timeline
 
-__all__ = ["Supervisor", "open_supervisor"]
+__all__ = ["Supervisor"]
 
 _log = structlog.get_logger("rolecall.supervisor")
 
@@ -73,10 +82,16 @@ class Supervisor:
     task_group: TaskGroup
     actors: ActorSpawner
     probe_interval: float
+    # Every engine's runtime by name; `runtime` is the one named
+    # DEFAULT_ENGINE. Fixed for the supervisor's life.
+    engines: dict[str, ContainerRuntime] = field(factory=dict)
+    # Engine name -> the address other engines' containers reach its
+    # members' published ports at; engines without one are absent.
+    peer_addresses: dict[str, str] = field(factory=dict)
     # Controllers by service name; a service leaves only when removed.
     controllers: dict[str, ServiceController] = field(factory=dict)
-    # Plans already probed, by image reference.
-    plans: dict[str, tuple[Plan, HookConvention]] = field(factory=dict)
+    # Plans already probed, by engine and image reference.
+    plans: dict[tuple[str, str], tuple[Plan, HookConvention]] = field(factory=dict)
     # Where services' records are kept; None keeps nothing on disk.
     journal: Journal | None = None
     # Records read at open, by service, until the service is applied.
@@ -85,6 +100,9 @@ class Supervisor:
     timeline: Timeline = field(factory=Timeline)
     # Who this control plane is, as its claims on services name it.
     identity: ControlPlaneIdentity = field(factory=process_identity)
+
+    def __attrs_post_init__(self) -> None:
+        self.engines.setdefault(DEFAULT_ENGINE, self.runtime)
 
     # -- desired state -------------------------------------------------------
 
@@ -131,6 +149,7 @@ class Supervisor:
         if resume and record is not None and kept:
             spec = evolve(spec, topology=record.topology, replicas=record.replicas)
 
+        spec = placed(spec, controller, record)
         await self._apply(spec, source=source, record=record, take_over=take_over)
 
     async def _apply(
@@ -154,8 +173,10 @@ class Supervisor:
             spec=spec,
             plan=plan,
             convention=convention,
-            runtime=self.runtime,
-            spawner=MemberSpawner(self.runtime, self.actors),
+            engines=self.engines,
+            spawner=MemberSpawner(
+                self.engines, self.actors, peer_addresses=self.peer_addresses
+            ),
             emit=self.timeline.emit,
             probe_interval=self.probe_interval,
             journal=self.journal,
@@ -185,13 +206,14 @@ class Supervisor:
                 the running service cannot take the change.
         """
         validate_spec(spec)
+        runtime = self.engine(spec.engine, service=spec.name)
         controller = self.controllers.get(spec.name)
         if controller is not None:
             check_change(controller.spec, spec)
 
         plan, _ = await self.probe_plan(spec)
         check_plan(spec, plan)
-        check_memory(spec, await self.runtime.memory_total())
+        check_memory(spec, await runtime.memory_total())
 
     async def convert(
         self,
@@ -256,23 +278,15 @@ class Supervisor:
                 service, ClaimOwner.of(error), remedy=down_remedy(service)
             ) from error
 
-        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
-        removed = sorted(
-            c.name for c in await self.runtime.list_containers(labels=labels)
-        )
+        home = controller.spec.engine
+        removed = await container_names(self.engines, service, home=home)
         del self.controllers[service]
         await controller.aclose(remove=True)
         if self.journal is not None:
             self.journal.delete(service)
         # A pass cut short may have made a container it had not recorded
-        # yet; the labels find it, and any volume it left.
-        for info in await self.runtime.list_containers(labels=labels):
-            await self.runtime.remove_container(info.id)
-
-        for volume in await self.runtime.list_volumes(labels=labels):
-            await self.runtime.remove_volume(volume)
-
-        await self.runtime.remove_network(network_name(service))
+        # yet; the labels find it, and any volume it left, on any engine.
+        await sweep(self.engines, service, home=home)
         # Last: while anything of the service is left, it stays claimed.
         await drop_claim(self.runtime, service)
         _log.info("service_removed", service=service)
@@ -320,6 +334,54 @@ class Supervisor:
         await release_claim(self.runtime, service, self.identity)
 
         _log.info("service_released", service=service)
+
+    # -- moves ---------------------------------------------------------------
+
+    async def move(
+        self,
+        service: str,
+        engine: str,
+        *,
+        way: str | None = None,
+        timeout: float = 600.0,
+    ) -> ServiceStatus:
+        """Move a running service to another engine, with its data.
+
+        Everything is checked before the service is touched: the engine is
+        known and answers, the image is there, both engines have a peer
+        address, and the image's plan offers the way. Then members made on
+        the target catch up, writes are handed to one of them, and the old
+        members are removed (see ``_moving``); each phase is journaled, so
+        a control plane killed mid-move resumes it. A service there already
+        is left as it is.
+
+        Args:
+            service: The service.
+            engine: The engine to move it to.
+            way: ``replication`` or ``export``; by default the first of
+                those the plan offers.
+            timeout: Seconds to wait. A move that has not caught up by
+                then is undone; one past its switch goes on.
+
+        Raises:
+            SpecError: No such service or engine, the image cannot move
+                that way, or another move is under way.
+            EngineError: The target engine does not answer; the service was
+                not touched.
+            ConvergenceTimeoutError: It did not finish in ``timeout`` s.
+            RolecallError: The move was undone; the error says why.
+        """
+        controller = self._controller(service)
+        if controller.moving is None and engine == controller.spec.engine:
+            return controller.status()
+
+        target = evolve(controller.spec, engine=engine)
+        self.engine(engine, service=service)
+        chosen = check_move(controller.spec, controller.plan, way, self.peer_addresses)
+        check_move(target, controller.plan, chosen, self.peer_addresses)
+        await check_target(self, target)
+
+        return await controller.move(engine, chosen, timeout=timeout)
 
     # -- failover control ----------------------------------------------------
 
@@ -419,24 +481,45 @@ class Supervisor:
     # -- plans ---------------------------------------------------------------
 
     async def probe_plan(self, spec: ServiceSpec) -> tuple[Plan, HookConvention]:
-        """The image's plan, read once per image (see `read_plan`).
+        """The image's plan on the spec's engine, read once per engine and
+        image (see `read_plan`).
 
         Raises:
-            SpecError: The image is missing or its plan is unreadable.
+            SpecError: The engine is unknown, the image is missing there or
+                its plan is unreadable.
         """
-        cached = self.plans.get(spec.image)
+        key = (spec.engine, spec.image)
+        cached = self.plans.get(key)
         if cached is None:
-            cached = self.plans[spec.image] = await read_plan(self.runtime, spec)
+            runtime = self.engine(spec.engine, service=spec.name)
+            cached = self.plans[key] = await read_plan(runtime, spec)
 
         return cached
+
+    # -- engines -------------------------------------------------------------
+
+    def engine(self, name: str, *, service: str | None = None) -> ContainerRuntime:
+        """The runtime of the engine called ``name``.
+
+        Raises:
+            SpecError: No engine has that name.
+        """
+        return engine_named(self.engines, name, service=service)
 
     # -- engine events -------------------------------------------------------
 
     async def watch_engine(self) -> None:
-        """Wake controllers on container events; reconnect when the stream drops."""
-        await forward_engine_events(
-            self.runtime, self.controllers, on_resync=self._wake_all
-        )
+        """Wake controllers on container events of every engine; each
+        engine's stream reconnects on its own when it drops."""
+        async with anyio.create_task_group() as group:
+            for name, runtime in self.engines.items():
+                forward = functools.partial(
+                    forward_engine_events,
+                    runtime,
+                    self.controllers,
+                    on_resync=self._wake_all,
+                )
+                group.start_soon(forward, name=f"engine-events:{name}")
 
     def _wake_all(self) -> None:
         for controller in self.controllers.values():
@@ -466,67 +549,3 @@ class Supervisor:
                     pass  # another control plane's: closed, not removed
 
             await self.controllers.pop(name).aclose(remove=False)
-
-
-@asynccontextmanager
-async def open_supervisor(
-    runtime: ContainerRuntime,
-    *,
-    probe_interval: float = 2.0,
-    state_dir: Path | None = None,
-    on_event: Callable[[ServiceEvent], None] | None = None,
-) -> AsyncIterator[Supervisor]:
-    """Run a supervisor for the duration of the ``async with`` block.
-
-    Leaving the block stops the control plane, not the services: containers
-    keep running. A hook running at that moment is cancelled (its process
-    killed) rather than waited for; hooks are idempotent, so the next
-    supervisor runs it again. A service applied again later adopts its
-    containers (see ``_adoption``).
-
-    Args:
-        runtime: The engine to manage containers on.
-        probe_interval: Seconds between health passes of each service.
-        state_dir: Where the journal lives (see ``_journal``); its records
-            are read, and its lock held, for the block. It also keeps the
-            control plane's id, which its claims on services name (see
-            ``_identity``). ``None`` keeps nothing on disk: adoption then
-            learns from labels and ``status`` alone, and the id is the
-            process's.
-        on_event: Called with every timeline event the moment it happens,
-            in the task that caused it; it must not block.
-
-    Raises:
-        StateCorruptError: A journal record is damaged; the message says
-            which and what to do.
-        StateLockedError: Another control plane holds ``state_dir``.
-        StateError: The control plane's id cannot be read or written.
-    """
-    journal = Journal.open(state_dir) if state_dir is not None else None
-    try:
-        records = load_records(journal) if journal is not None else {}
-        identity = (
-            load_identity(state_dir) if state_dir is not None else process_identity()
-        )
-        async with anyio.create_task_group() as group:
-            actors = ActorSpawner(group)
-            supervisor = Supervisor(
-                runtime=runtime,
-                task_group=group,
-                actors=actors,
-                probe_interval=probe_interval,
-                journal=journal,
-                records=records,
-                timeline=Timeline(on_event=on_event),
-                identity=identity,
-            )
-            group.start_soon(supervisor.watch_engine, name="engine-events")
-            try:
-                yield supervisor
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await supervisor.aclose()
-                group.cancel_scope.cancel()
-    finally:
-        if journal is not None:
-            journal.close()

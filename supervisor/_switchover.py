@@ -169,7 +169,7 @@ class Switching(Acting):
     ) -> None:
         epoch = self.take_epoch(ChangeRecord("switchover", member.id, role, primary))
         message = ApplyRoleMessage(
-            view=self.view(),
+            view=self.view(member.engine),
             role=role,
             primary=primary,
             epoch=epoch,

@@ -227,6 +227,7 @@ class TestWireShapes:
             ports=(6379,),
             data_paths=("/data",),
             timeouts={HookName.ROLE: 60.0},
+            moves=frozenset({"replication", "export"}),
         )
         assert plan_to_data(plan) == {
             "roles": ["primary", "replica", "standalone"],
@@ -235,7 +236,9 @@ class TestWireShapes:
             "ports": [6379],
             "data_paths": ["/data"],
             "timeouts": {"role": 60.0},
+            "moves": ["export", "replication"],
         }
+        assert plan_from_data(plan_to_data(plan)) == plan
 
     def test_status_data(self) -> None:
         """A status becomes the documented map."""

@@ -42,6 +42,7 @@ KV_PLAN = {
     "ports": [6379],
     "data_paths": ["/data"],
     "timeouts": {},
+    "moves": ["replication"],
 }
 
 

@@ -44,8 +44,8 @@ class TestSpecShape:
 
         assert str(caught.value) == (
             f"service 'cache' sets label {key!r}, which rolecall sets itself"
-            " (io.rolecall.managed, io.rolecall.member, io.rolecall.number,"
-            " io.rolecall.service): rename it"
+            " (io.rolecall.engine, io.rolecall.managed, io.rolecall.member,"
+            " io.rolecall.number, io.rolecall.service): rename it"
         )
 
     def test_other_labels_under_the_prefix_are_kept(self) -> None:

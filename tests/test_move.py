@@ -1,0 +1,233 @@
+"""Services on two engines, and moving one between them, on the in-memory
+runtime.
+
+Two linked `FakeRuntime` instances play two engines on one machine: a
+container on one reaches a port another publishes on its peer address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from attrs import define
+from supervisor_support import (
+    KV,
+    LIMIT,
+    PROBE,
+    converged,
+    expected_keys,
+    service_spec,
+    until,
+)
+
+from rolecall.actors import ContainerInfo, ContainerSpec, ImageInfo
+from rolecall.hooks_protocol import EngineUnavailableError, Role, SpecError
+from rolecall.supervisor import (
+    LABEL_SERVICE,
+    ServiceStatus,
+    Supervisor,
+    open_supervisor,
+)
+from rolecall.testing import FakeRuntime, fake_kv_image, fake_kv_keys, fake_kv_write
+
+pytestmark = pytest.mark.anyio
+
+PEERS = {"default": "10.1.0.1", "far": "10.2.0.1"}
+
+
+@define(eq=False, kw_only=True)
+class _FlakyRuntime(FakeRuntime):
+    """A fake engine that can stop answering, as a stopped daemon does."""
+
+    # While true every call a move's checks and a pass make is refused.
+    down: bool = False
+
+    def _refuse(self) -> None:
+        if self.down:
+            raise EngineUnavailableError(
+                f"no engine answers at {self.address} (a test's fault)",
+                address=self.address,
+            )
+
+    async def inspect_image(self, image: str) -> ImageInfo:
+        self._refuse()
+        return await super().inspect_image(image)
+
+    async def list_containers(
+        self, *, labels: Mapping[str, str]
+    ) -> list[ContainerInfo]:
+        self._refuse()
+        return await super().list_containers(labels=labels)
+
+    async def create_container(self, spec: ContainerSpec) -> ContainerInfo:
+        self._refuse()
+        return await super().create_container(spec)
+
+    async def memory_total(self) -> int | None:
+        self._refuse()
+        return await super().memory_total()
+
+
+def _engines() -> tuple[_FlakyRuntime, _FlakyRuntime]:
+    near = _FlakyRuntime(name="near")
+    far = _FlakyRuntime(name="far")
+    for runtime in (near, far):
+        runtime.add_image(KV, hooks=fake_kv_image())
+    near.link(far)
+
+    return near, far
+
+
+@asynccontextmanager
+async def _plane(
+    near: FakeRuntime, far: FakeRuntime, state_dir: Path | None = None
+) -> AsyncIterator[Supervisor]:
+    async with open_supervisor(
+        near,
+        engines={"far": far},
+        peer_addresses=PEERS,
+        probe_interval=PROBE,
+        state_dir=state_dir,
+    ) as supervisor:
+        yield supervisor
+
+
+def _write(runtime: FakeRuntime, status: ServiceStatus, keys: range) -> None:
+    writer = status.writer
+    assert writer is not None
+    for number in keys:
+        fake_kv_write(runtime, writer.container_id, f"key{number}", number)
+
+
+async def _names(runtime: FakeRuntime) -> list[str]:
+    return sorted(
+        c.name for c in await runtime.list_containers(labels={LABEL_SERVICE: "cache"})
+    )
+
+
+class TestPlacement:
+    """Where members go, and what the hooks are told about the others."""
+
+    async def test_a_service_is_placed_on_the_engine_its_spec_names(self) -> None:
+        """Every member of a service naming engine ``far`` runs there, carries
+        the engine label, and status shows the engine."""
+        near, far = _engines()
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(
+                    service_spec(topology="redundant", replicas=1, engine="far")
+                )
+                status = await converged(supervisor, events)
+
+        assert await _names(near) == []
+        assert await _names(far) == ["rolecall-cache-1", "rolecall-cache-2"]
+        assert [m.engine for m in status.members] == ["far", "far"]
+        assert status.engine == "far"
+        info = far.container("rolecall-cache-1").info()
+        assert info.labels["io.rolecall.engine"] == "far"
+        assert info.peer_ports  # published on the peer address too
+
+    async def test_an_unknown_engine_is_refused_before_anything_runs(self) -> None:
+        """A spec naming an engine the supervisor does not know is a SpecError
+        and no container is made anywhere."""
+        near, far = _engines()
+        with anyio.fail_after(LIMIT):
+            async with _plane(near, far) as supervisor:
+                with pytest.raises(SpecError) as caught:
+                    await supervisor.apply(service_spec(engine="moon"))
+
+        assert "no engine named 'moon' (known: default, far)" in str(caught.value)
+        assert await _names(near) == await _names(far) == []
+
+    async def test_addresses_are_as_seen_from_each_members_engine(self) -> None:
+        """A member on another engine is reached at that engine's peer address
+        and published port; one on the same engine by its alias."""
+        near, far = _engines()
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec(topology="redundant"))
+                await converged(supervisor, events)
+                controller = supervisor.controllers["cache"]
+                controller.members["cache-2"].engine = "far"
+                controller.members["cache-2"].peer_ports = {6379: 40001}
+                from_near = controller.view("default")
+                from_far = controller.view("far")
+
+        near_addresses = {m.id: m.address for m in from_near.members}
+        far_addresses = {m.id: m.address for m in from_far.members}
+        assert near_addresses == {
+            "cache-1": "cache-1:6379",
+            "cache-2": "10.2.0.1:40001",
+        }
+        assert far_addresses["cache-2"] == "cache-2:6379"
+        published = near.container("rolecall-cache-1").info().peer_ports[6379]
+        assert far_addresses["cache-1"] == f"10.1.0.1:{published}"
+
+
+class TestMove:
+    """`Supervisor.move` by replication."""
+
+    @pytest.mark.parametrize("topology", ["standalone", "redundant"])
+    async def test_a_move_keeps_every_key_and_leaves_nothing_behind(
+        self, topology: str
+    ) -> None:
+        """A service moved from the default engine to ``far`` keeps its keys,
+        ends with the same shape there, and the old engine keeps nothing."""
+        near, far = _engines()
+        spec = service_spec(topology=topology, replicas=1)
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                _write(near, before, range(40))
+                after = await supervisor.move("cache", "far", timeout=LIMIT)
+                writer = after.writer
+                assert writer is not None
+                keys = fake_kv_keys(far, writer.container_id)
+                kinds = [e.kind for e in await until(events, "converged")]
+
+        assert after.engine == "far"
+        assert after.moving is None
+        assert {m.engine for m in after.members} == {"far"}
+        assert len(after.members) == len(before.members)
+        assert writer.role is (
+            Role.STANDALONE if topology == "standalone" else Role.PRIMARY
+        )
+        assert keys == expected_keys(range(40))
+        assert await _names(near) == []
+        assert await near.list_volumes(labels={LABEL_SERVICE: "cache"}) == []
+        assert "converged" in kinds
+
+    async def test_a_move_to_an_engine_that_is_down_leaves_the_service(self) -> None:
+        """A target that does not answer fails the move before anything is
+        made there, and the service stays as it was."""
+        near, far = _engines()
+        far.down = True
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec())
+                before = await converged(supervisor, events)
+                with pytest.raises(EngineUnavailableError):
+                    await supervisor.move("cache", "far", timeout=LIMIT)
+                after = supervisor.status("cache")
+
+        assert after.moving is None
+        assert after.members == before.members
+        far.down = False
+        assert await _names(far) == []
