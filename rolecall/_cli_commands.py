@@ -42,7 +42,12 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "run_command"]
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
 
-_LONG = {"convert": "conversion", "switchover": "switchover", "down": "removal"}
+_LONG = {
+    "convert": "conversion",
+    "switchover": "switchover",
+    "move": "move",
+    "down": "removal",
+}
 
 
 async def run_command(args: argparse.Namespace, *, redactor: Redactor) -> int:
@@ -263,6 +268,10 @@ def _title(op: str, args: argparse.Namespace) -> str:
     if op == "switchover":
         return f"switching {args.service} over to {args.member}"
 
+    if op == "move":
+        way = f" by {args.way}" if args.way else ""
+        return f"moving {args.service} to engine {args.engine}{way}"
+
     return f"removing {args.service}: containers, data volumes, network"
 
 
@@ -278,6 +287,9 @@ def _extra(args: argparse.Namespace) -> dict[str, Any]:
 
     if command == "switchover":
         return {"member": args.member, "timeout": args.timeout}
+
+    if command == "move":
+        return {"engine": args.engine, "way": args.way, "timeout": args.timeout}
 
     if command == "down":
         # Sent only when set, so a runner that predates it still answers.

@@ -227,6 +227,33 @@ def _add_operations(
         " watching (exit 1); the runner carries on (default: %(default)g)",
     )
 
+    move = _operation(
+        commands,
+        "move",
+        "move a service to another engine, with its data",
+        "Ask the runner to move SERVICE to ENGINE (an [engines.NAME] table of"
+        " the spec file): members made there catch up with the writer, writes"
+        " are handed to one of them without losing any, then the old members"
+        " are removed with their volumes. A move that has not caught up when"
+        " --timeout runs out is undone; one past its switch goes on. Ctrl-C"
+        " leaves the move to the runner.",
+        "rolecall move cache dc2",
+    )
+    move.add_argument("engine", metavar="ENGINE")
+    move.add_argument(
+        "--way",
+        choices=["replication", "export"],
+        help="how the data moves (default: the first the image's plan offers)",
+    )
+    move.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for the move to finish before giving up watching"
+        " (exit 1; a move still catching up is undone) (default: %(default)g)",
+    )
+
     _operation(
         commands,
         "pause",

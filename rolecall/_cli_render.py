@@ -18,7 +18,7 @@ __all__ = [
 
 _MEMBER_HEADER = (
     f"{'SERVICE':<12} {'MEMBER':<12} {'ROLE':<11} {'STATE':<9}"
-    f" {'HEALTHY':<8} {'EPOCH':>5} {'OFFSET':>10}  PUBLISHED"
+    f" {'HEALTHY':<8} {'EPOCH':>5} {'OFFSET':>10}  {'PUBLISHED':<16} ENGINE"
 )
 
 
@@ -64,7 +64,8 @@ def print_status(
                 f"{service['name']!s:<12} {member['id']!s:<12}"
                 f" {member['role'] or '-'!s:<11} {member['state']!s:<9}"
                 f" {_yes_no(member['healthy']):<8} {member['epoch']!s:>5}"
-                f" {member['offset']!s:>10}  {member['published'] or '-'}",
+                f" {member['offset']!s:>10}  {member['published'] or '-'!s:<16}"
+                f" {member.get('engine') or '-'}",
                 file=out,
             )
 
@@ -82,6 +83,8 @@ def _print_services(services: list[dict[str, Any]], out: TextIO) -> None:
             last = f"{ago} ago, {change['kind']}: {change['detail']}"
         else:
             last = "-"
+        if service.get("moving"):
+            last += f" (moving {service['moving']})"
         if service.get("failure"):
             last = f"FAILED: {service['failure']}"
         elif service.get("last_error"):
@@ -154,6 +157,8 @@ def summary_line(op: str, result: Mapping[str, Any], elapsed: float) -> str:
 
     replicas = [m["id"] for m in result["members"] if m["role"] == "replica"]
     shape = f"{result['name']} is {result['topology']}"
+    if op == "move":
+        shape += f" on engine {result.get('engine', 'default')}"
     primary = f", primary {result['primary']}" if result.get("primary") else ""
     followers = f", replicas {', '.join(replicas)}" if replicas else ""
 

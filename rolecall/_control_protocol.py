@@ -216,6 +216,12 @@ _OPS: dict[str, dict[str, _Arg]] = {
         "member": _Arg((str,), required=True),
         "timeout": _TIMEOUT,
     },
+    "move": {
+        "service": _SERVICE,
+        "engine": _Arg((str,), required=True),
+        "way": _Arg((str,)),
+        "timeout": _TIMEOUT,
+    },
     "pause": {"service": _SERVICE},
     "resume": {"service": _SERVICE},
     "events": {
@@ -301,6 +307,8 @@ def status_to_data(
         "epoch": status.epoch,
         "primary": status.primary,
         "failover_paused": status.failover_paused,
+        "engine": status.engine,
+        "moving": status.moving,
         "last_error": status.last_error,
         "failure": status.failure,
         "last_change": None if last_change is None else event_to_data(last_change),
@@ -320,6 +328,7 @@ def status_to_data(
                 "following": member.following,
                 "extra": member.extra.value if member.extra else None,
                 "container_id": member.container_id,
+                "engine": member.engine,
             }
             for member in status.members
         ],

@@ -296,6 +296,17 @@ class ControlServer:
             members = len(runner.supervisor.status(service).members)
             return switchover, members or None
 
+        if op == "move":
+            engine, way = args["engine"], args.get("way")
+            timeout = float(args.get("timeout", 600.0))
+
+            async def move() -> dict[str, Any]:
+                return await runner.move(service, engine, way, timeout)
+
+            # Each member is made again on the target, and the old ones go.
+            members = len(runner.supervisor.status(service).members)
+            return move, 2 * members or None
+
         if args["confirm"] != service:
             raise ControlError(
                 f"down needs `confirm` equal to the service's name {service!r},"

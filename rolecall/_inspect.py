@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from rolecall.actors import (
+    DEFAULT_ENGINE,
     ContainerInfo,
     ContainerRuntime,
     ContainerState,
@@ -27,6 +28,7 @@ from rolecall.hooks_protocol import (
     status_from_data,
 )
 from rolecall.supervisor import (
+    LABEL_ENGINE,
     LABEL_MANAGED,
     LABEL_MEMBER,
     LABEL_SERVICE,
@@ -50,7 +52,8 @@ async def describe_services(runtime: ContainerRuntime) -> list[dict[str, Any]]:
         Plain dicts (JSON-ready): ``name``, ``source`` (``engine``) and
         ``members``, each member with
         ``id``, ``container``, ``state``, ``role``, ``healthy``, ``epoch``,
-        ``offset``, ``published`` and ``error`` (why ``status`` failed).
+        ``offset``, ``published``, ``error`` (why ``status`` failed) and
+        ``engine`` (the name the container's label gives its engine).
     """
     containers = await runtime.list_containers(labels={LABEL_MANAGED: "true"})
     services: dict[str, list[dict[str, Any]]] = {}
@@ -143,6 +146,7 @@ async def _describe(
         offset=None,
         published=f"127.0.0.1:{ports[0][1]}" if ports else None,
         error=None,
+        engine=container.labels.get(LABEL_ENGINE, DEFAULT_ENGINE),
     )
     if container.state is not ContainerState.RUNNING:
         return

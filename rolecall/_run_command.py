@@ -18,9 +18,9 @@ import enum
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from collections.abc import Set as AbstractSet
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +29,13 @@ import structlog
 from anyio.abc import TaskGroup
 from attrs import define, field
 
-from rolecall.actors import ContainerRuntime, open_docker_runtime
+from rolecall.actors import (
+    DEFAULT_ENGINE,
+    ContainerRuntime,
+    DockerRuntime,
+    open_docker_runtime,
+    open_engine_runtime,
+)
 from rolecall.supervisor import open_supervisor
 
 from ._control_server import serve_control
@@ -92,7 +98,7 @@ async def run_runner(
         redactor=redactor or Redactor(),
     )
     # Read once before anything else, so a broken file fails at once.
-    spec_file = load_spec_file(spec_path)
+    spec_file = load_spec_file(spec_path, docker_url=docker_url)
     process.take_over = _taken_over(spec_file, take_over)
     process.redactor.update(spec_file.secrets())
     with (
@@ -117,6 +123,7 @@ async def open_runner(
     docker_url: str | None = None,
     allowed_uid: int | None = None,
     take_over: AbstractSet[str] = frozenset(),
+    engines: Mapping[str, ContainerRuntime] | None = None,
 ) -> AsyncIterator[Runner]:
     """Run a runner, its control socket included, in the caller's loop.
 
@@ -140,6 +147,8 @@ async def open_runner(
             by default.
         take_over: Services to take over from another control plane that
             claimed them (see `Runner.load`).
+        engines: The runtimes of the file's other engines, by name (see
+            ``SpecFile.engines``); ``runtime`` is the default one.
 
     Raises:
         StateCorruptError: A journal record is damaged (the message says
@@ -150,6 +159,12 @@ async def open_runner(
     async with (
         open_supervisor(
             runtime,
+            engines=engines,
+            peer_addresses={
+                name: config.peer_address
+                for name, config in spec_file.engines.items()
+                if config.peer_address is not None
+            },
             probe_interval=probe_interval,
             state_dir=state_dir,
             on_event=crash_switch(),
@@ -164,6 +179,7 @@ async def open_runner(
             task_group=group,
             redactor=redactor or Redactor(),
             docker_url=docker_url,
+            engine_configs=dict(spec_file.engines),
         )
         group.start_soon(runner.record_events, name="runner-history")
         await runner.load(spec_file, resume=True, take_over=take_over)
@@ -177,6 +193,34 @@ async def open_runner(
         finally:
             socket_path.unlink(missing_ok=True)
             group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _open_engines(
+    spec_file: SpecFile, docker_url: str | None
+) -> AsyncIterator[tuple[ContainerRuntime, dict[str, ContainerRuntime]]]:
+    """The default engine's runtime, checked, and the others', by name.
+
+    Only the default engine must answer at the start: another that does
+    not leaves its members unknown until it does (see the supervisor's
+    observing), and the rest of the runner goes on.
+    """
+    default = spec_file.engines.get(DEFAULT_ENGINE)
+    async with AsyncExitStack() as stack:
+        opened = (
+            open_engine_runtime(default)
+            if default is not None
+            else open_docker_runtime(docker_url)
+        )
+        runtime = await stack.enter_async_context(opened)
+        others: dict[str, ContainerRuntime] = {}
+        for name, config in spec_file.engines.items():
+            if name != DEFAULT_ENGINE:
+                other = DockerRuntime.for_engine(config)
+                stack.push_async_callback(other.aclose)
+                others[name] = other
+
+        yield runtime, others
 
 
 @define(eq=False)
@@ -201,11 +245,13 @@ class _RunnerProcess:
         started = time.monotonic()
         socket_path = self.state_dir / SOCKET_NAME
         try:
+            spec_file = load_spec_file(self.spec_path, docker_url=self.docker_url)
             async with (
-                open_docker_runtime(self.docker_url) as runtime,
+                _open_engines(spec_file, self.docker_url) as (runtime, engines),
                 open_runner(
-                    load_spec_file(self.spec_path),
+                    spec_file,
                     runtime=runtime,
+                    engines=engines,
                     state_dir=self.state_dir,
                     probe_interval=self.probe_interval,
                     redactor=self.redactor,

@@ -22,7 +22,7 @@ import structlog
 from anyio.abc import TaskGroup
 from attrs import define, field
 
-from rolecall.actors import ContainerRuntime
+from rolecall.actors import ContainerRuntime, EngineConfig
 from rolecall.hooks_protocol import RolecallError, Topology
 from rolecall.supervisor import (
     ServiceEvent,
@@ -31,7 +31,7 @@ from rolecall.supervisor import (
 )
 
 from ._control_protocol import CONTROL_PROTOCOL, plan_data, status_to_data
-from ._errors import ControlError
+from ._errors import ControlError, SpecFileError
 from ._logging import Redactor
 from ._spec_file import ServiceEntry, SpecFile, load_spec_file, resolve_specs
 from ._version import __version__
@@ -72,6 +72,8 @@ class Runner:
         task_group: Runs operations and the runner's loops.
         redactor: Masks every secret value ever read from the spec file.
         docker_url: The engine's address, for building example images.
+        engine_configs: The spec file's engines as the runner connected
+            to them at its start; a reload may not change them.
     """
 
     supervisor: Supervisor
@@ -81,6 +83,7 @@ class Runner:
     task_group: TaskGroup
     redactor: Redactor = field(factory=Redactor)
     docker_url: str | None = None
+    engine_configs: dict[str, EngineConfig] = field(factory=dict)
     started_at: float = field(factory=time.time)
     # The spec file's entries as last accepted (at start or reload).
     entries: dict[str, ServiceEntry] = field(factory=dict)
@@ -184,7 +187,8 @@ class Runner:
         async with self._reload_lock:
             started = time.monotonic()
             try:
-                spec_file = load_spec_file(self.spec_path)
+                spec_file = load_spec_file(self.spec_path, docker_url=self.docker_url)
+                self._check_engines(spec_file)
                 applied = await self.load(spec_file)
             except RolecallError as error:
                 _log.error(
@@ -227,6 +231,33 @@ class Runner:
                 reason="the service's entry in the spec file changed; the"
                 " file's topology wins over an earlier `rolecall convert`",
             )
+
+    def _check_engines(self, spec_file: SpecFile) -> None:
+        """Refuse a reload that changes the ``[engines]`` tables.
+
+        The runner connects to its engines when it starts; changing an
+        engine's address under its running members would leave them
+        unmanaged (or, pointed at another engine, adopt someone else's).
+
+        Raises:
+            SpecFileError: The tables differ from those the runner runs with.
+        """
+        if spec_file.engines == self.engine_configs:
+            return
+
+        changed = sorted(
+            name
+            for name in set(spec_file.engines) | set(self.engine_configs)
+            if spec_file.engines.get(name) != self.engine_configs.get(name)
+        )
+        raise SpecFileError(
+            f"{self.spec_path}: the [engines] tables changed ({', '.join(changed)}):"
+            " the runner connects to its engines when it starts, and an"
+            " engine's address may not change under its running members;"
+            " put the tables back, or stop the runner and start it again",
+            path=self.spec_path,
+            key="engines",
+        )
 
     async def _check(self, spec: ServiceSpec) -> None:
         await self.supervisor.check(spec)
@@ -395,6 +426,13 @@ class Runner:
     ) -> dict[str, Any]:
         """Hand a service's writes to ``member``."""
         status = await self.supervisor.switchover(service, member, timeout=timeout)
+        return status_to_data(status, last_change=self.last_change.get(service))
+
+    async def move(
+        self, service: str, engine: str, way: str | None, timeout: float
+    ) -> dict[str, Any]:
+        """Move a service to another engine, with its data."""
+        status = await self.supervisor.move(service, engine, way=way, timeout=timeout)
         return status_to_data(status, last_change=self.last_change.get(service))
 
     async def down(self, service: str, *, take_over: bool = False) -> dict[str, Any]:

@@ -13,6 +13,9 @@ Schema (``docs/control-api.md`` and ``examples/cache.toml`` show it whole)::
     config = { maxmemory = "64mb" }    # handed to every hook
     env = { REDIS_PASSWORD = "..." }   # handed to every hook
     labels = { "team" = "web" }        # on everything the service creates
+    engine = "dc2"                     # an [engines.NAME] table; "default"
+
+    [engines.NAME]                     # more engines: see ``_engines_file``
 
 Loading is in two steps: `load_spec_file` reads and checks the file without
 touching an engine; `resolve_specs` turns example names into image tags
@@ -30,9 +33,11 @@ from typing import Any
 
 from attrs import evolve, field, frozen
 
+from rolecall.actors import DEFAULT_ENGINE, EngineConfig
 from rolecall.hooks_protocol import SpecError
 from rolecall.supervisor import ServiceSpec, validate_spec
 
+from ._engines_file import load_engines
 from ._errors import SpecFileError
 from ._images import ensure_image, known_images
 
@@ -50,6 +55,7 @@ _SERVICE_KEYS = frozenset(
         "config",
         "env",
         "labels",
+        "engine",
     }
 )
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*")
@@ -81,10 +87,13 @@ class SpecFile:
     Attributes:
         path: Where it was read from.
         services: Its services, by name.
+        engines: Its ``[engines.NAME]`` tables, by name; the default
+            engine is among them only when the file has a table for it.
     """
 
     path: Path
     services: dict[str, ServiceEntry] = field(factory=dict)
+    engines: dict[str, EngineConfig] = field(factory=dict)
 
     def secrets(self) -> set[str]:
         """Every value marked secret in the file, for log redaction."""
@@ -96,8 +105,11 @@ class SpecFile:
         }
 
 
-def load_spec_file(path: Path) -> SpecFile:
+def load_spec_file(path: Path, *, docker_url: str | None = None) -> SpecFile:
     """Read and check a spec file; touch no engine.
+
+    ``docker_url`` is the default engine's address, for an
+    ``[engines.default]`` table that names no ``url``.
 
     Raises:
         SpecFileError: The file is missing, is not TOML, or breaks the
@@ -118,11 +130,11 @@ def load_spec_file(path: Path) -> SpecFile:
             f"spec file {str(path)!r} is not valid TOML: {error}", path=path
         ) from error
 
-    unknown = sorted(set(data) - {"services"})
+    unknown = sorted(set(data) - {"services", "engines"})
     if unknown:
         raise SpecFileError(
             f"{path}: unknown top-level key {unknown[0]!r}: the file holds"
-            " [services.NAME] tables only",
+            " [services.NAME] and [engines.NAME] tables only",
             path=path,
             key=unknown[0],
         )
@@ -149,7 +161,20 @@ def load_spec_file(path: Path) -> SpecFile:
             masked, path=path, key=error.key, service=error.service
         ) from None
 
-    return SpecFile(path=path, services=entries)
+    engines = load_engines(path, data.get("engines", {}), default_url=docker_url)
+    for entry in entries.values():
+        engine = entry.spec.engine
+        if engine != DEFAULT_ENGINE and engine not in engines:
+            raise SpecFileError(
+                f"{path}: services.{entry.name}.engine is {engine!r}, and the"
+                f" file has no [engines.{engine}] table: add one (url, tls,"
+                " peer_address) or name a known engine",
+                path=path,
+                key=f"services.{entry.name}.engine",
+                service=entry.name,
+            )
+
+    return SpecFile(path=path, services=entries, engines=engines)
 
 
 async def resolve_specs(
@@ -269,6 +294,7 @@ def _entry(path: Path, name: str, table: object) -> ServiceEntry:
             secret_keys=frozenset(secret),
             memory_limit=_size(path, table, where),
             labels=_strings(path, table, where, "labels", show_values=True),
+            engine=_optional_str(path, table, where, "engine") or DEFAULT_ENGINE,
         )
         validate_spec(spec)
     except SpecFileError:

@@ -13,6 +13,7 @@ from ._identity import ControlPlaneIdentity, stored_id
 from ._journal import JOURNAL_DIR, Journal
 from ._member_hooks import DATA_HOOKS, backup_member, run_member_hook
 from ._naming import (
+    LABEL_ENGINE,
     LABEL_EXTRA,
     LABEL_MANAGED,
     LABEL_MEMBER,
@@ -33,7 +34,7 @@ from ._reconciler import (
     plan_steps,
 )
 from ._records import MemberView, ServiceEvent, ServiceStatus
-from ._spec import ServiceSpec, check_plan, validate_spec
+from ._spec import MOVE_WAYS, ServiceSpec, check_plan, validate_spec
 from ._supervision import RestartKind, Strategy, Supervision
 from ._supervisor import Supervisor
 from ._switchover import SwitchoverSupersededError
@@ -41,11 +42,13 @@ from ._switchover import SwitchoverSupersededError
 __all__ = [
     "DATA_HOOKS",
     "JOURNAL_DIR",
+    "LABEL_ENGINE",
     "LABEL_EXTRA",
     "LABEL_MANAGED",
     "LABEL_MEMBER",
     "LABEL_NUMBER",
     "LABEL_SERVICE",
+    "MOVE_WAYS",
     "ApplyRole",
     "ClaimOwner",
     "ControlPlaneIdentity",

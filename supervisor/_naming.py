@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rolecall.actors import LABEL_PREFIX
+from rolecall.actors import DEFAULT_ENGINE, LABEL_PREFIX
 from rolecall.hooks_protocol import Role
 
 __all__ = [
@@ -52,10 +52,6 @@ LABEL_EXPIRES = f"{LABEL_PREFIX}.expires"
 """On a throwaway container: Unix time after which nobody uses it."""
 LABEL_ENGINE = f"{LABEL_PREFIX}.engine"
 """The name of the engine a member was placed on, as the spec names it."""
-
-DEFAULT_ENGINE = "default"
-"""The engine rolecall uses when a spec names none: ``DOCKER_HOST`` or the
-local socket, or the runtime an embedding passes."""
 
 
 def container_name(member_id: str) -> str:

@@ -52,7 +52,7 @@ _RESERVED_LABELS = frozenset(
 )
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]+)*")
-ENGINE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+ENGINE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 """What an engine's name may look like: it goes into labels and the log."""
 _MAX_REPLICAS = 16
 _MAX_EXTRAS = 4
@@ -226,7 +226,7 @@ def _validate(spec: ServiceSpec) -> None:
         raise SpecError(
             f"service {spec.name!r} names engine {spec.engine!r}: an engine"
             " name is lower case letters, digits, dashes and underscores,"
-            " starting with a letter (at most 40)",
+            " starting with a letter (at most 32)",
             service=spec.name,
         )
 

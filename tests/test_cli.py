@@ -75,6 +75,7 @@ def test_help_shows_an_example_for_every_command() -> None:
         "status",
         "convert",
         "switchover",
+        "move",
         "pause",
         "resume",
         "plan",

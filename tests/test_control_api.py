@@ -137,6 +137,8 @@ class TestOperations:
             "epoch": 1,
             "primary": "cache-1",
             "failover_paused": False,
+            "engine": "default",
+            "moving": None,
             "last_error": None,
             "failure": None,
         }
@@ -150,6 +152,7 @@ class TestOperations:
             1,
             None,
         )
+        assert member["engine"] == "default"
 
     async def test_convert_streams_each_step_then_the_status(
         self, tmp_path: Path
