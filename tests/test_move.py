@@ -7,9 +7,11 @@ container on one reaches a port another publishes on its peer address.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -25,14 +27,28 @@ from supervisor_support import (
 )
 
 from rolecall.actors import ContainerInfo, ContainerSpec, ImageInfo
-from rolecall.hooks_protocol import EngineUnavailableError, Role, SpecError
+from rolecall.hooks_protocol import (
+    ConvergenceTimeoutError,
+    EngineUnavailableError,
+    HookName,
+    Role,
+    RolecallError,
+    SpecError,
+)
 from rolecall.supervisor import (
     LABEL_SERVICE,
+    ServiceEvent,
     ServiceStatus,
     Supervisor,
     open_supervisor,
 )
-from rolecall.testing import FakeRuntime, fake_kv_image, fake_kv_keys, fake_kv_write
+from rolecall.testing import (
+    FakeHookCall,
+    FakeRuntime,
+    fake_kv_image,
+    fake_kv_keys,
+    fake_kv_write,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -84,7 +100,11 @@ def _engines() -> tuple[_FlakyRuntime, _FlakyRuntime]:
 
 @asynccontextmanager
 async def _plane(
-    near: FakeRuntime, far: FakeRuntime, state_dir: Path | None = None
+    near: FakeRuntime,
+    far: FakeRuntime,
+    state_dir: Path | None = None,
+    *,
+    on_event: Callable[[ServiceEvent], None] | None = None,
 ) -> AsyncIterator[Supervisor]:
     async with open_supervisor(
         near,
@@ -92,6 +112,7 @@ async def _plane(
         peer_addresses=PEERS,
         probe_interval=PROBE,
         state_dir=state_dir,
+        on_event=on_event,
     ) as supervisor:
         yield supervisor
 
@@ -231,3 +252,122 @@ class TestMove:
         assert after.members == before.members
         far.down = False
         assert await _names(far) == []
+
+
+class TestMoveResumes:
+    """A control plane stopped at any phase of a move: the next one, on the
+    same journal, finishes it."""
+
+    @pytest.mark.parametrize(
+        "stop_at",
+        ["move_started", "member_created", "move_caught_up", "move_switched"],
+    )
+    async def test_a_move_cut_short_is_finished_by_the_next_control_plane(
+        self, tmp_path: Path, stop_at: str
+    ) -> None:
+        """Stopped right after ``stop_at``, the move resumes from the journal:
+        one writer, every key, nothing left on the old engine."""
+        near, far = _engines()
+        spec = service_spec(topology="redundant", replicas=1)
+        reached = anyio.Event()
+
+        def watch(event: ServiceEvent) -> None:
+            if event.kind == stop_at and event.fields.get("engine", "far") == "far":
+                reached.set()
+
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far, tmp_path, on_event=watch) as supervisor,
+                supervisor.open_timeline() as events,
+                anyio.create_task_group() as group,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                _write(near, before, range(30))
+                group.start_soon(_move_quietly, supervisor)
+                await reached.wait()
+                cut = supervisor.status("cache").moving
+                group.cancel_scope.cancel()
+
+            async with _plane(near, far, tmp_path) as supervisor:
+                await supervisor.apply(spec, resume=True)
+                after = await supervisor.wait_converged("cache", timeout=LIMIT)
+
+        writer = after.writer
+        assert writer is not None
+        assert cut is not None
+        assert cut.startswith("to far by replication")
+        assert after.moving is None
+        assert after.engine == "far"
+        assert [m.engine for m in after.members] == ["far", "far"]
+        assert [m.role for m in after.members].count(Role.PRIMARY) == 1
+        assert fake_kv_keys(far, writer.container_id) == expected_keys(range(30))
+        assert await _names(near) == []
+
+    async def test_a_move_undone_removes_what_it_made_on_the_target(self) -> None:
+        """A move that cannot catch up in its time is undone: the members made
+        on the target go, the service stays where it was with its keys."""
+        near, far = _engines()
+        far.add_image(KV, hooks={**fake_kv_image(), HookName.STATUS: _never_synced})
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec())
+                before = await converged(supervisor, events)
+                _write(near, before, range(10))
+                with pytest.raises(ConvergenceTimeoutError) as caught:
+                    await supervisor.move("cache", "far", timeout=0.5)
+                after = await supervisor.wait_converged("cache", timeout=LIMIT)
+                writer = after.writer
+                assert writer is not None
+                keys = fake_kv_keys(near, writer.container_id)
+
+        assert "it was undone" in str(caught.value)
+        assert after.moving is None
+        assert [(m.id, m.engine) for m in after.members] == [("cache-1", "default")]
+        assert keys == expected_keys(range(10))
+        assert await _names(far) == []
+
+
+class TestEngineDown:
+    """An engine that stops answering."""
+
+    async def test_members_of_an_engine_that_is_down_are_not_made_elsewhere(
+        self,
+    ) -> None:
+        """A service on an engine that goes away turns unhealthy and stays put;
+        a service on the other engine carries on."""
+        near, far = _engines()
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec(engine="far"))
+                await converged(supervisor, events)
+                far.down = True
+                await supervisor.apply(service_spec("other"))
+                other = await converged(supervisor, events, "other")
+                for _ in range(5):
+                    await until(events, "step_failed")
+                stuck = supervisor.status("cache")
+
+        far.down = False
+        assert [m.engine for m in other.members] == ["default"]
+        assert [(m.engine, m.healthy) for m in stuck.members] == [("far", False)]
+        assert await _names(near) == []
+        assert await _names(far) == ["rolecall-cache-1"]
+
+
+async def _move_quietly(supervisor: Supervisor) -> None:
+    # Cut short by the test; what it would raise is of no interest.
+    with contextlib.suppress(RolecallError):
+        await supervisor.move("cache", "far", timeout=LIMIT)
+
+
+def _never_synced(call: FakeHookCall) -> dict[str, Any]:
+    report = fake_kv_image()[HookName.STATUS](call)
+    assert isinstance(report, dict)  # the key-value hooks are synchronous
+    return {**report, "details": {"synced": False}, "link_up": False}
