@@ -273,8 +273,14 @@ class Moving(Switching):
         if sum(1 for m in there if m.extra is None) < wanted:
             return False
 
+        # An extra member follows in a role of its own and reports no sync:
+        # healthy is what it can say.
         return all(
-            m.alive and m.ready and m.healthy and not m.unresponsive and m.synced
+            m.alive
+            and m.ready
+            and m.healthy
+            and not m.unresponsive
+            and (m.synced or m.extra is not None)
             for m in there
         )
 

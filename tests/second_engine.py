@@ -52,6 +52,7 @@ from second_engine_slots import (
     children,
     claim_slot,
     clean_stale,
+    forwarding,
     process_identity,
     release_slot,
     slot_network,
@@ -289,6 +290,7 @@ def start_second_engine(owner: str) -> SecondEngine:
             ["ip", "link", "delete", engine.bridge], check=False, capture_output=True
         )
         _addbridge_name(engine)
+        forwarding(engine.slot, add=True)
         data_root = DATA_BASE / f"slot{engine.slot}"
         data_root.mkdir(parents=True, exist_ok=True)
         # A dockerd that finds its default network stored from an earlier

@@ -31,6 +31,7 @@ __all__ = [
     "children",
     "claim_slot",
     "clean_stale",
+    "forwarding",
     "process_identity",
     "release_slot",
     "slot_network",
@@ -156,7 +157,36 @@ def release_slot(slot: int) -> None:
     for link in _links_in(slot_network(slot)):
         subprocess.run(["ip", "link", "delete", link], check=False, capture_output=True)
 
+    forwarding(slot, add=False)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def forwarding(slot: int, *, add: bool) -> None:
+    """Let containers of one network of the slot's engine reach each other.
+
+    The engine runs with ``--iptables=false``, so it adds no rule of its
+    own; where bridged traffic passes the host's firewall
+    (``bridge-nf-call-iptables``) and the default engine set the FORWARD
+    policy to DROP, its containers could not talk on their own network.
+    One rule in ``DOCKER-USER`` (the chain the default engine leaves to
+    users) accepts traffic from and to the slot's range, and only that.
+    Removing deletes every copy, so a slot released twice is harmless.
+    """
+    if shutil.which("iptables") is None:
+        return
+
+    network = str(slot_network(slot))
+    rule = ["DOCKER-USER", "-s", network, "-d", network, "-j", "ACCEPT"]
+    if add:
+        subprocess.run(["iptables", "-I", *rule], check=False, capture_output=True)
+        return
+
+    for _ in range(10):
+        done = subprocess.run(
+            ["iptables", "-D", *rule], check=False, capture_output=True
+        )
+        if done.returncode != 0:
+            return
 
 
 def _links_in(network: ipaddress.IPv4Network) -> list[str]:

@@ -229,6 +229,7 @@ async def test_status_json_shows_a_running_service(
         "epoch": member.epoch,
         "published": member.published,
         "error": None,
+        "engine": "default",
     }
 
 

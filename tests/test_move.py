@@ -232,6 +232,27 @@ class TestMove:
         assert await near.list_volumes(labels={LABEL_SERVICE: "cache"}) == []
         assert "converged" in kinds
 
+    async def test_a_move_takes_the_extra_members_along(self) -> None:
+        """A backup node is made again on the target in its own role, and the
+        old one goes with the rest."""
+        near, far = _engines()
+        spec = service_spec(topology="redundant", extras={"backup": 1})
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                await converged(supervisor, events)
+                after = await supervisor.move("cache", "far", timeout=LIMIT)
+
+        assert sorted((m.role, m.extra, m.engine) for m in after.members) == [
+            (Role.BACKUP, Role.BACKUP, "far"),
+            (Role.PRIMARY, None, "far"),
+            (Role.REPLICA, None, "far"),
+        ]
+        assert await _names(near) == []
+
     async def test_a_move_to_an_engine_that_is_down_leaves_the_service(self) -> None:
         """A target that does not answer fails the move before anything is
         made there, and the service stays as it was."""
