@@ -10,10 +10,14 @@ must be on the new writer afterwards.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import anyio
 import docker_support
@@ -22,6 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from attrs import define, field
 from docker_support import DockerLab
+from runner_support import open_runner_process, rolecall, spec_text
 from second_engine import SecondEngine
 
 from rolecall._inspect import remove_service
@@ -227,12 +232,13 @@ async def test_a_move_to_an_engine_that_does_not_answer_leaves_the_service(
     the service keeps its members where they were."""
     name = docker_case.service("mvdown")
     spec = ServiceSpec(name=name, image=redis_image, labels=docker_case.labels)
+    gone = _unreachable()
     with anyio.fail_after(LIMIT):
         async with (
             open_docker_runtime() as near,
             open_supervisor(
                 near,
-                engines={"gone": _unreachable()},
+                engines={"gone": gone},
                 peer_addresses={"default": _bridge_gateway(), "gone": "10.9.9.9"},
                 probe_interval=PROBE,
             ) as supervisor,
@@ -245,6 +251,7 @@ async def test_a_move_to_an_engine_that_does_not_answer_leaves_the_service(
                 after = supervisor.status(name)
             finally:
                 await supervisor.remove(name)
+                await gone.aclose()
 
     assert after.moving is None
     assert [(m.id, m.engine, m.container_id) for m in after.members] == [
@@ -255,3 +262,88 @@ async def test_a_move_to_an_engine_that_does_not_answer_leaves_the_service(
 def _unreachable() -> DockerRuntime:
     """A runtime on a unix socket nothing listens on."""
     return DockerRuntime("unix:///nonexistent/rolecall-test/docker.sock", name="gone")
+
+
+@pytest.mark.parametrize(
+    "crash_after", ["member_created#2", "move_caught_up", "move_switched"]
+)
+async def test_a_runner_killed_mid_move_finishes_it_on_restart(
+    tmp_path: Path,
+    docker_case: DockerLab,
+    redis_image: str,
+    second_engine: SecondEngine,
+    crash_after: str,
+) -> None:
+    """``rolecall run`` killed with SIGKILL at a step of a move, then started
+    again: the move finishes, every key is on the writer on the second
+    engine, and the default engine keeps nothing of the service."""
+    second_engine.load_image(redis_image)
+    service = docker_case.service("mvcrash")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        _engines_text(second_engine)
+        + spec_text(service, redis_image, docker_case.labels),
+        encoding="utf-8",
+    )
+    state = tmp_path / "state"
+    try:
+        crash = {"ROLECALL_CRASH_AFTER": crash_after}
+        async with open_runner_process(spec, state, env=crash) as runner:
+            await runner.wait_for("converged", service=service)
+            keys = await _fill(await _writer_address(state))
+            moved = await rolecall("move", service, ENGINE2, "--state-dir", str(state))
+            code = await runner.wait_exit()
+
+        async with open_runner_process(spec, state) as again:
+            finished = await again.wait_for("move_finished", service=service)
+            after = again.lines.index(finished)
+            await again.wait_for("converged", service=service, after=after)
+            shown = await _status(state)
+            present = await _present(await _writer_address(state), keys)
+        left = await _containers_on_default(service)
+    finally:
+        await _remove_everywhere(second_engine, service)
+
+    assert code == -signal.SIGKILL
+    assert moved.returncode != 0  # its runner died under it
+    assert shown["engine"] == ENGINE2
+    assert [m["engine"] for m in shown["members"]] == [ENGINE2]
+    assert present == len(keys)
+    assert left == []
+
+
+def _engines_text(engine: SecondEngine) -> str:
+    return (
+        "[engines.default]\n"
+        f'peer_address = "{_bridge_gateway()}"\n\n'
+        f"[engines.{ENGINE2}]\n"
+        f'url = "{engine.url}"\n'
+        f'tls = {{ ca = "{engine.ca}", cert = "{engine.cert}",'
+        f' key = "{engine.key}" }}\n'
+        f'peer_address = "{engine.peer_address}"\n\n'
+    )
+
+
+async def _status(state: Path) -> dict[str, Any]:
+    shown = await rolecall("status", "--json", "--state-dir", str(state))
+    assert shown.returncode == 0, shown.stderr
+    (service,) = json.loads(shown.stdout)
+    return dict(service)
+
+
+async def _writer_address(state: Path) -> str:
+    status = await _status(state)
+    writer = next(m for m in status["members"] if m["id"] == status["primary"])
+    return str(writer["published"])
+
+
+async def _fill(address: str) -> list[str]:
+    host, port = address.rsplit(":", 1)
+    client = aioredis.Redis(host=host, port=int(port), socket_timeout=10)
+    keys = [f"key:{n}" for n in range(500)]
+    try:
+        await client.mset(dict.fromkeys(keys, "v"))
+    finally:
+        await client.aclose()
+
+    return keys
