@@ -232,6 +232,27 @@ class TestMove:
         assert await near.list_volumes(labels={LABEL_SERVICE: "cache"}) == []
         assert "converged" in kinds
 
+    async def test_a_way_the_plan_does_not_offer_is_refused_first(self) -> None:
+        """Asking for the export way of an image that offers replication only
+        is a SpecError, and nothing is made on the target."""
+        near, far = _engines()
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(service_spec())
+                await converged(supervisor, events)
+                with pytest.raises(SpecError) as caught:
+                    await supervisor.move("cache", "far", way="export", timeout=LIMIT)
+                after = supervisor.status("cache")
+
+        assert "cannot move by 'export': its plan offers ['replication']" in str(
+            caught.value
+        )
+        assert after.moving is None
+        assert await _names(far) == []
+
     async def test_a_move_takes_the_extra_members_along(self) -> None:
         """A backup node is made again on the target in its own role, and the
         old one goes with the rest."""

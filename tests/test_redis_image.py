@@ -314,6 +314,7 @@ async def test_plan_declares_capabilities(lab: Lab) -> None:
         "ports": [6379],
         "data_paths": ["/data"],
         "timeouts": {},
+        "moves": ["replication", "export"],
     }
 
 
