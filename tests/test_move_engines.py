@@ -163,7 +163,7 @@ async def _remove_everywhere(engine: SecondEngine, service: str) -> None:
         open_engine_runtime(engine.engine_config(ENGINE2)) as far,
     ):
         for runtime in (near, far):
-            await remove_service(runtime, service)
+            await remove_service(runtime, service, owner=None, take_over=True)
 
 
 async def _containers_on_default(service: str) -> list[str]:
