@@ -9,13 +9,10 @@ container dies, and publishes a timeline of what it did. `open_supervisor`
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
 from attrs import define, evolve, field
 
 from rolecall.actors import (
@@ -26,7 +23,6 @@ from rolecall.actors import (
 from rolecall.hooks_protocol import (
     Plan,
     ServiceClaimedError,
-    SpecError,
     Topology,
 )
 
@@ -44,6 +40,7 @@ from ._identity import ControlPlaneIdentity, process_identity
 from ._journal import Journal
 from ._members import MemberSpawner
 from ._naming import DEFAULT_ENGINE
+from ._operations import ControllerOperations
 from ._placement import (
     check_target,
     container_names,
@@ -52,8 +49,7 @@ from ._placement import (
     sweep,
 )
 from ._plan_probe import read_plan
-from ._reconciler import Step, plan_steps
-from ._records import ServiceEvent, ServiceStatus
+from ._records import ServiceStatus
 from ._service_record import ServiceRecord
 from ._spec import (
     ServiceSpec,
@@ -71,7 +67,7 @@ _log = structlog.get_logger("rolecall.supervisor")
 
 
 @define(eq=False)
-class Supervisor:
+class Supervisor(ControllerOperations):
     """Desired state for every service, and the loops that realise it.
 
     Create it with `open_supervisor`; every method is safe to call from any
@@ -241,17 +237,6 @@ class Supervisor:
 
         return await self.wait_converged(service, timeout=timeout)
 
-    async def wait_converged(
-        self, service: str, *, timeout: float = 300.0
-    ) -> ServiceStatus:
-        """Wait until the service has reached its desired state.
-
-        Raises:
-            SpecError: No such service.
-            ConvergenceTimeoutError: It did not converge in ``timeout`` s.
-        """
-        return await self._controller(service).wait_converged(timeout=timeout)
-
     async def remove(self, service: str, *, take_over: bool = False) -> list[str]:
         """Tear a service down: its members, volumes and network, and last
         its claim.
@@ -383,101 +368,6 @@ class Supervisor:
 
         return await controller.move(engine, chosen, timeout=timeout)
 
-    # -- failover control ----------------------------------------------------
-
-    def pause_failover(self, service: str) -> None:
-        """Stop promoting replicas of ``service`` until `resume_failover`.
-
-        While paused, a lost primary is still reported and fenced, but no
-        replica is promoted in its place; everything else (replacing lost
-        replicas, probing) goes on. ``ServiceStatus.failover_paused`` says so.
-
-        Raises:
-            SpecError: No such service.
-        """
-        self._controller(service).pause_failover()
-
-    def resume_failover(self, service: str) -> None:
-        """Allow ``service`` to promote a replica again; wakes its controller.
-
-        Raises:
-            SpecError: No such service.
-        """
-        self._controller(service).resume_failover()
-
-    async def switchover(
-        self, service: str, member: str, *, timeout: float = 60.0
-    ) -> ServiceStatus:
-        """Make ``member`` the primary of ``service`` without losing writes.
-
-        Writes stop on the old primary first; ``member`` takes over only
-        once it has caught up with every write the old primary
-        acknowledged; then the other members follow it.
-
-        Raises:
-            SpecError: No such service, no such member, or one that cannot
-                take over (not a synced, healthy replica).
-            ConvergenceTimeoutError: It did not finish in ``timeout`` s.
-        """
-        return await self._controller(service).switchover(member, timeout=timeout)
-
-    # -- reading -------------------------------------------------------------
-
-    def status(self, service: str) -> ServiceStatus:
-        """A snapshot of one service.
-
-        Raises:
-            SpecError: No such service.
-        """
-        return self._controller(service).status()
-
-    def statuses(self) -> list[ServiceStatus]:
-        """A snapshot of every service, by name."""
-        return [self.controllers[name].status() for name in sorted(self.controllers)]
-
-    def plan(self, service: str) -> Plan:
-        """The plan of a service's image: what every member can do.
-
-        Raises:
-            SpecError: No such service.
-        """
-        return self._controller(service).plan
-
-    def pending_steps(self, spec: ServiceSpec) -> list[Step]:
-        """The steps a pass would take now to bring ``spec``'s service to it.
-
-        Planned from the service's last observation, without acting; a
-        service not managed yet plans from nothing. Progress reports use
-        the count; a pass may take more steps when what it observes
-        changes meanwhile.
-
-        Raises:
-            SpecError: ``spec`` is not valid (checked first: planning a
-                billion replicas would hold the event loop for minutes).
-        """
-        validate_spec(spec)
-        controller = self.controllers.get(spec.name)
-        if controller is None:
-            return plan_steps(spec, [], next_number=1)
-
-        observed = [member.observed() for member in controller.members.values()]
-        return plan_steps(spec, observed, next_number=controller.next_number)
-
-    @asynccontextmanager
-    async def open_timeline(
-        self,
-    ) -> AsyncIterator[MemoryObjectReceiveStream[ServiceEvent]]:
-        """Subscribe to timeline events from now on.
-
-        The subscription is an async iterator of events; its
-        ``receive_nowait()`` takes what has arrived without waiting.
-
-        A subscriber that falls more than 1,024 events behind misses the
-        overflow (logged), so a slow reader never stalls the supervisor.
-        """
-        async with self.timeline.open() as events:
-            yield events
-
     # -- plans ---------------------------------------------------------------
 
     async def probe_plan(self, spec: ServiceSpec) -> tuple[Plan, HookConvention]:
@@ -524,18 +414,6 @@ class Supervisor:
     def _wake_all(self) -> None:
         for controller in self.controllers.values():
             controller.wake()
-
-    # -- helpers -------------------------------------------------------------
-
-    def _controller(self, service: str) -> ServiceController:
-        controller = self.controllers.get(service)
-        if controller is None:
-            known = ", ".join(sorted(self.controllers)) or "none"
-            raise SpecError(
-                f"no service named {service!r} (known: {known})", service=service
-            )
-
-        return controller
 
     async def aclose(self, *, remove_services: bool = False) -> None:
         """Stop every controller's loop; with ``remove_services``, tear the
