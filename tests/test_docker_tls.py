@@ -3,7 +3,9 @@ certificates: the harness's second engine."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -173,3 +175,37 @@ async def test_streams_engine_events_over_tls(
             await engine2.remove_container(info.id)
 
     assert event.container_id == info.id
+
+
+async def test_a_cancelled_exec_closes_its_tls_connection(
+    engine2: DockerRuntime, busybox_image: str, docker_labels: DockerLab
+) -> None:
+    """An exec cancelled while its command runs closes its connection: over
+    TLS the close itself awaits, so an unshielded close was cut short and
+    left the socket to the collector (a ResourceWarning, an error here)."""
+    spec = ContainerSpec(
+        name=docker_labels.name("tls-cancel"),
+        image=busybox_image,
+        labels=docker_labels.labels,
+    )
+    info = await engine2.create_container(spec)
+    try:
+        await engine2.start_container(info.id)
+        for _ in range(3):
+            with anyio.move_on_after(0.5) as scope:
+                await engine2.exec(
+                    info.id,
+                    ["sleep", "30"],
+                    stdin=b"payload",
+                    timeout=60,
+                    max_stdout=100,
+                    max_stderr=100,
+                )
+            assert scope.cancelled_caught
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+    finally:
+        await engine2.remove_container(info.id)
+
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
