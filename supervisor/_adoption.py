@@ -42,9 +42,10 @@ import re
 
 import anyio
 import structlog
+from attrs import evolve
 
 from rolecall.actors import ContainerInfo, MemberPhase
-from rolecall.hooks_protocol import Role, SpecError, WriterUnknownError
+from rolecall.hooks_protocol import Role, RolecallError, SpecError, WriterUnknownError
 
 from ._members import Member
 from ._naming import (
@@ -97,6 +98,10 @@ class Adopting(Switching):
 
         found = self._adoptable(containers)
         _refuse_to_guess(self.spec.name, found, record)
+        if record is None:
+            self._settle_where_found(
+                {member_id: engines[info.id] for member_id, info in found.items()}
+            )
         adopted = [
             await self._adopt(info, member_id, record, engines[info.id])
             for member_id, info in found.items()
@@ -127,20 +132,23 @@ class Adopting(Switching):
         self, record: ServiceRecord | None
     ) -> list[tuple[ContainerInfo, str]]:
         """The service's containers, each with its engine: on the spec's
-        engine and every engine the journal places a member or a move on.
+        engine and every engine the journal places a member or a move on;
+        without a journal, on every engine (`_list_unjournaled`).
 
         Raises:
             RolecallError: One of those engines could not list them: what
                 the journal holds of its members must not be lost, so
                 nothing is adopted until it answers.
         """
-        names = [self.spec.engine]
-        if record is not None:
-            names += [member.engine for member in record.members.values()]
-            if record.move is not None:
-                names += [record.move.source, record.move.target]
-
         labels = {LABEL_MANAGED: "true", LABEL_SERVICE: self.spec.name}
+        if record is None:
+            return await self._list_unjournaled(labels)
+
+        names = [self.spec.engine]
+        names += [member.engine for member in record.members.values()]
+        if record.move is not None:
+            names += [record.move.source, record.move.target]
+
         listed = []
         for name in dict.fromkeys(names):
             runtime = self.engines.get(name)
@@ -158,6 +166,86 @@ class Adopting(Switching):
                 listed.append((info, name))
 
         return listed
+
+    async def _list_unjournaled(
+        self, labels: dict[str, str]
+    ) -> list[tuple[ContainerInfo, str]]:
+        """The service's containers on every engine, with no journal to say
+        where a move may have put them.
+
+        Known gap: an engine other than the spec's that does not answer is
+        passed over (logged), so that a new service can start while some
+        engine is away. Without a journal, a service whose members all sit
+        on that engine is then taken for new and made afresh on its spec's
+        engine. Telling the two apart needs the engine that is away; keep
+        the state directory (the journal knows where every member runs).
+
+        Raises:
+            RolecallError: The spec's engine could not list them.
+        """
+        listed = [
+            (info, self.spec.engine)
+            for info in await self.runtime.list_containers(labels=labels)
+        ]
+        for name, runtime in self.engines.items():
+            if name == self.spec.engine:
+                continue
+
+            try:
+                found = await runtime.list_containers(labels=labels)
+            except RolecallError as error:
+                _log.warning(
+                    "engine_not_listed",
+                    service=self.spec.name,
+                    engine=name,
+                    error=str(error),
+                    reason="no journal says where the service's members run;"
+                    " any on that engine are not adopted",
+                )
+                continue
+
+            listed += [(info, name) for info in found]
+
+        return listed
+
+    def _settle_where_found(self, placement: dict[str, str]) -> None:
+        """Without a journal, take the service to live where its members are.
+
+        A spec naming the engine a move left makes new members there, and
+        the ones found elsewhere, a writer among them, would be surplus
+        beside a second writer. Members on two engines are a move whose
+        phase nobody knows: which side holds the newest writes cannot be
+        told from here.
+
+        Args:
+            placement: The engine of each member found, by member id.
+
+        Raises:
+            WriterUnknownError: Members run on more than one engine.
+        """
+        found_on = set(placement.values())
+        if len(found_on) > 1:
+            raise WriterUnknownError(
+                f"service {self.spec.name!r} has members on engines"
+                f" {', '.join(sorted(found_on))} and no journal says which"
+                " move was under way: start rolecall with the state"
+                " directory that managed it, or remove the members on one"
+                " engine by hand (`docker rm`; their volumes stay)",
+                service=self.spec.name,
+                members=tuple(placement),
+            )
+
+        if found_on and found_on != {self.spec.engine}:
+            (engine,) = found_on
+            _log.warning(
+                "service_found_elsewhere",
+                service=self.spec.name,
+                engine=engine,
+                spec_engine=self.spec.engine,
+                reason="no journal; its members run there, so it stays there",
+            )
+            self.source_engine = self.spec.engine
+            self.spec = evolve(self.spec, engine=engine)
 
     def _adoptable(self, containers: list[ContainerInfo]) -> dict[str, ContainerInfo]:
         """The containers to adopt by member id, in number order; those

@@ -413,3 +413,39 @@ def _never_synced(call: FakeHookCall) -> dict[str, Any]:
     report = fake_kv_image()[HookName.STATUS](call)
     assert isinstance(report, dict)  # the key-value hooks are synchronous
     return {**report, "details": {"synced": False}, "link_up": False}
+
+
+class TestMovedWithoutJournal:
+    """A moved service adopted by a control plane without its journal."""
+
+    async def test_it_is_adopted_where_its_members_run(self, tmp_path: Path) -> None:
+        """Its spec still names the engine it left: the members on the engine
+        it moved to are adopted, and nothing is made on the old one."""
+        near, far = _engines()
+        spec = service_spec(topology="redundant", replicas=1)
+        with anyio.fail_after(LIMIT):
+            async with (
+                _plane(near, far, tmp_path / "first") as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                _write(near, before, range(20))
+                moved = await supervisor.move("cache", "far", timeout=LIMIT)
+
+            async with (
+                _plane(near, far, tmp_path / "second") as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec, take_over=True)
+                after = await converged(supervisor, events)
+
+        writer = after.writer
+        assert writer is not None
+        assert after.engine == "far"
+        assert sorted(m.container_id for m in after.members) == sorted(
+            m.container_id for m in moved.members
+        )
+        assert [m.role for m in after.members].count(Role.PRIMARY) == 1
+        assert fake_kv_keys(far, writer.container_id) == expected_keys(range(20))
+        assert await _names(near) == []
