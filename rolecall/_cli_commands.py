@@ -7,6 +7,7 @@ raised and turned into one line by ``_cli``.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -191,13 +192,17 @@ async def _down_without_runner(args: argparse.Namespace) -> int:
             owner=stored_id(state_dir),
             take_over=args.take_over,
         )
-    _forget_journaled(state_dir, args.service)
     if not removed:
         raise SpecError(
-            f"the engine holds no container of a service named"
-            f" {args.service!r}: see `rolecall status`",
+            f"the engine at {_engine_address(args)} holds no container of a"
+            f" service named {args.service!r}; nothing was removed. If it runs"
+            " on another engine, start the runner with the spec file that"
+            f" names that engine and run `rolecall down {args.service}`"
+            " through it",
             service=args.service,
         )
+
+    _forget_journaled(state_dir, args.service)
 
     result = {"service": args.service, "removed": removed}
     _say(summary_line("down", result, time.monotonic() - started))
@@ -312,3 +317,7 @@ def _say(text: str, *, err: bool = False) -> None:
 
 def _socket(args: argparse.Namespace) -> Path:
     return default_state_dir(args.state_dir) / SOCKET_NAME
+
+
+def _engine_address(args: argparse.Namespace) -> str:
+    return str(args.docker_url or os.environ.get("DOCKER_HOST") or "the local socket")

@@ -94,7 +94,8 @@ async def remove_service(
 
     Returns:
         The names of the containers removed; empty when the engine holds
-        nothing of the service.
+        no container of the service, and then nothing was touched (its
+        volumes and claim stay: it may live on another engine).
 
     Raises:
         ServiceClaimedError: Another control plane claims the service;
@@ -112,6 +113,11 @@ async def remove_service(
 
     labels = {LABEL_MANAGED: "true", LABEL_SERVICE: service}
     containers = await runtime.list_containers(labels=labels)
+    if not containers:
+        # Nothing of it runs here: it may run on another engine (a move
+        # put it there), and its claim says who manages it. Kept.
+        return []
+
     for container in containers:
         await runtime.remove_container(container.id)
 

@@ -279,6 +279,31 @@ class TestDownWithoutControlPlane:
             assert claim is not None
 
 
+class TestDownFindsNothing:
+    """`down` without a runner on an engine with no container of the service."""
+
+    async def test_it_touches_nothing(self, tmp_path: Path) -> None:
+        """With its containers gone from this engine (a move put them on
+        another, say), the claim and the volumes stay and nothing is
+        reported removed."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+            ) as first:
+                await first.apply(service_spec())
+                status = await first.wait_converged("cache")
+
+            await runtime.remove_container(status.members[0].container_id)
+            names = await remove_service(runtime, "cache", owner=_id_of(tmp_path / "a"))
+            _, volumes, _ = await service_objects(runtime)
+            claim = await runtime.volume_labels(CLAIM)
+
+        assert names == []
+        assert volumes == ["rolecall-cache-1-data"]
+        assert claim is not None
+
+
 class TestTakeOver:
     """A take-over moves the claim, and the containers with it."""
 
