@@ -114,6 +114,10 @@ class Member:
     # a writer, is unhealthy (its server died inside a container that still
     # runs, say); None while it reports healthy, and for any other role.
     unhealthy_since: float | None = None
+    # Whether its last status said its service answers (`healthy` as the
+    # hook reported it, a replica's link aside); true until a report says
+    # otherwise.
+    serving: bool = True
     # Whether it stopped answering past the deadline; cleared by a restart.
     unresponsive: bool = False
     # Clock time (anyio's) since which its `status` has reported it a
@@ -159,6 +163,7 @@ class Member:
         """
         link_down = report.role is Role.REPLICA and report.link_up is False
         self.healthy = report.healthy and not link_down
+        self.serving = report.healthy
         if report.healthy or not self.is_writer:
             self.unhealthy_since = None
         elif self.unhealthy_since is None:
@@ -200,6 +205,7 @@ class Member:
             extra=self.extra,
             epoch=self.actor.epoch,
             confirmed=self.confirmed and alive,
+            serving=self.serving,
             engine=self.engine,
         )
 

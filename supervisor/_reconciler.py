@@ -14,8 +14,9 @@ The rules, in the order they are applied:
    stopped answering), it is fenced (killed and kept down) *before* anyone
    is promoted, and the synced replica with the highest replication offset
    is promoted. A replica that never completed a sync is never promoted: it
-   holds no data. While failover is paused the lost writer is fenced and
-   nothing else is planned.
+   holds no data; nor is one whose ``status`` says its service does not
+   answer (its server died in a container that runs on). While failover
+   is paused the lost writer is fenced and nothing else is planned.
 3. With no synced replica, a dead writer is restarted in place: its volume
    holds the only copy of the data.
 4. Replicas follow the writer; missing replicas are created, dead replicas
@@ -84,13 +85,14 @@ __all__ = [
 
 def promotion_candidates(members: Iterable[ObservedMember]) -> list[ObservedMember]:
     """The members a lost writer may be replaced by: alive, ready, synced
-    replicas of the topology."""
+    replicas of the topology whose service answers."""
     return [
         m
         for m in members
         if m.alive
         and m.ready
         and m.synced
+        and m.serving
         and m.role is Role.REPLICA
         and m.extra is None
     ]

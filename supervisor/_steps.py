@@ -56,6 +56,9 @@ class ObservedMember:
         recycle: Whether its running container is to be restarted because
             another member was (the ``one_for_all`` and ``rest_for_one``
             strategies); set by the planner, not by observation.
+        serving: Whether its last ``status`` said its service answers
+            (``healthy``, whatever its link): a replica whose server died
+            is never promoted.
         engine: The engine its container runs on; of members otherwise
             alike, those on the spec's engine are kept first.
     """
@@ -76,6 +79,7 @@ class ObservedMember:
     confirmed: bool = False
     link_down_for: float = 0.0
     recycle: bool = False
+    serving: bool = True
     engine: str = "default"
 
     @property

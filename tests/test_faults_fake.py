@@ -646,6 +646,27 @@ class TestFailoverControl:
         assert after.primary == "cache-1"
         assert after.member("cache-2").healthy is False
 
+    async def test_a_replica_whose_server_died_is_not_promoted(self) -> None:
+        """With the primary lost, the replica whose status says its service
+        does not answer is passed over for one that does."""
+        sick: set[str] = set()
+        runtime = kv_runtime(sick=_image(status=_sick_status(sick)))
+        spec = service_spec(image="sick:fake", topology="redundant", replicas=2)
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                sick.add(before.member("cache-2").container_id)
+                while supervisor.status("cache").member("cache-2").healthy:
+                    await anyio.sleep(PROBE)  # until a probe has seen it
+                runtime.crash(before.member("cache-1").container_id)
+                taken = await until(events, "failover")
+
+        assert taken[-1].member == "cache-3"
+
     async def test_paused_failover_fences_and_waits_for_resume(self) -> None:
         """While paused, a lost primary is fenced and nobody promoted; resuming
         promotes the replica."""
