@@ -243,15 +243,21 @@ def _image(**hooks: FakeHook) -> dict[str, FakeHook]:
     return {**fake_kv_image(), **hooks}
 
 
-def _sick_status(sick: set[str]) -> FakeHook:
+def _sick_status(sick: set[str], seen: anyio.Event | None = None) -> FakeHook:
     """The key-value status hook, answering unhealthy for ``sick``
-    containers as one whose server died would."""
+    containers as one whose server died would. ``seen`` is set at the
+    second such answer: the first has been recorded by then."""
     status = fake_kv_image()[HookName.STATUS]
+    answered = 0
 
     def answer(call: FakeHookCall) -> dict[str, Any]:
+        nonlocal answered
         report = status(call)
         assert isinstance(report, dict)  # the key-value hooks are synchronous
         if call.container.id in sick:
+            answered += 1
+            if seen is not None and answered >= 2:
+                seen.set()
             return {**report, "healthy": False}
 
         return report
@@ -650,7 +656,8 @@ class TestFailoverControl:
         """With the primary lost, the replica whose status says its service
         does not answer is passed over for one that does."""
         sick: set[str] = set()
-        runtime = kv_runtime(sick=_image(status=_sick_status(sick)))
+        seen = anyio.Event()
+        runtime = kv_runtime(sick=_image(status=_sick_status(sick, seen)))
         spec = service_spec(image="sick:fake", topology="redundant", replicas=2)
         with anyio.fail_after(LIMIT):
             async with (
@@ -660,8 +667,7 @@ class TestFailoverControl:
                 await supervisor.apply(spec)
                 before = await converged(supervisor, events)
                 sick.add(before.member("cache-2").container_id)
-                while supervisor.status("cache").member("cache-2").healthy:
-                    await anyio.sleep(PROBE)  # until a probe has seen it
+                await seen.wait()
                 runtime.crash(before.member("cache-1").container_id)
                 taken = await until(events, "failover")
 
