@@ -13,7 +13,8 @@ member stuck following a dead primary can be promoted at once. Requests are
 never reordered: the actor applies them in the order they were made, and
 skips those superseded meanwhile. An `ApplyRole` asked through the mailbox
 does not coalesce (it runs as asked), but a newer request cuts it short
-like any running role hook.
+like any running role hook. So does it a ``configure`` asked through
+`RunHook` (a running member configured again), which answers `Superseded`.
 
 A message of a type the actor does not know is dead-lettered: logged,
 handed to ``on_dead_letter``, and answered with ``None``; the actor goes on.
@@ -185,8 +186,14 @@ class ContainerActor(Actor[ContainerMessage]):
                 self.phase = MemberPhase.STOPPED
                 return None
             case RunHook(view=view, hook=hook, request=request):
-                result = await self._run(view, hook, request)
-                if hook is HookName.CONFIGURE:
+                # A configure of a running member gives way to a role
+                # request: a failover must not wait for a slow or hung one.
+                # It is idempotent, so the next pass runs it again.
+                configure = hook is HookName.CONFIGURE
+                result = await self._run(view, hook, request, preemptible=configure)
+                if result is None:
+                    return Superseded(None, interrupted=True)
+                if configure:
                     self.configured_with = view
                 return result
 
@@ -270,8 +277,10 @@ class ContainerActor(Actor[ContainerMessage]):
         request: dict[str, Any] | None = None,
         *,
         role: Role | None = None,
+        preemptible: bool = False,
     ) -> HookResult | None:
-        """Run one hook; ``None`` when a newer role request cut it short."""
+        """Run one hook; ``None`` when a newer role request cut it short
+        (``status``, ``role``, and any hook run ``preemptible``)."""
         payload = HookPayload(
             hook=hook,
             service=view.service,
@@ -294,7 +303,7 @@ class ContainerActor(Actor[ContainerMessage]):
         self._running = hook
         self._running_since = anyio.current_time()
         scope = anyio.CancelScope()
-        if hook in _PREEMPTIBLE_HOOKS:
+        if preemptible or hook in _PREEMPTIBLE_HOOKS:
             self._preemptible = scope
         level = _LEVELS["debug" if hook in _QUIET_HOOKS else "info"]
         stderr = StderrForwarder(_log, fields, _secrets(view), level=level)

@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 
-from rolecall.actors import RunHook, ServiceView
+from rolecall.actors import RunHook, ServiceView, Superseded
 from rolecall.hooks_protocol import HookName, HookResult
 
 from ._acting import Acting
@@ -140,11 +140,14 @@ class Configuring(Acting):
         with anyio.CancelScope() as scope:
             self.acting = scope
             try:
-                again = [
-                    member
-                    for member, why in stale
-                    if await self._configure(member, why)
-                ]
+                again = []
+                for member, why in stale:
+                    asks = await self._configure(member, why)
+                    if asks is None:
+                        return None
+                    if asks:
+                        again.append(member)
+
                 for member in again:
                     if not await self._role_again(member):
                         return None
@@ -154,12 +157,24 @@ class Configuring(Acting):
 
         return None if scope.cancelled_caught else len(stale)
 
-    async def _configure(self, member: Member, why: str) -> bool:
-        """Run ``configure``; whether the member asks for its role again."""
+    async def _configure(self, member: Member, why: str) -> bool | None:
+        """Run ``configure``; whether the member asks for its role again,
+        ``None`` when a role request cut it short (a failover goes first;
+        the next pass configures it again)."""
         self.acting_on = member.id
         started = time.monotonic()
         message = RunHook(self.view(member.engine), HookName.CONFIGURE)
         result = await self.ask_member(member, message)
+        if isinstance(result, Superseded):
+            self.event(
+                "configure_interrupted",
+                member.id,
+                "configure cut short: a role request came first; the next"
+                " pass runs it again",
+                duration=time.monotonic() - started,
+            )
+            return None
+
         data: dict[str, Any] = result.data if isinstance(result, HookResult) else {}
         pending = data.get("restart_needed")
         fields: dict[str, object] = {"reason": why}

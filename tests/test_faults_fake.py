@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from attrs import define, field
+from attrs import define, evolve, field
 from structlog.testing import capture_logs
 from supervisor_support import (
     LIMIT,
@@ -672,6 +672,34 @@ class TestFailoverControl:
                 taken = await until(events, "failover")
 
         assert taken[-1].member == "cache-3"
+
+    async def test_a_hung_configure_does_not_hold_up_a_failover(self) -> None:
+        """A reconfigure whose configure hangs on the replica: the primary
+        lost meanwhile is replaced at once (the configure is cut short and
+        runs again later), not after the hook's deadline."""
+        gate = Gate()
+        hooks = {**fake_kv_image(), HookName.CONFIGURE: gate.hook(HookName.CONFIGURE)}
+        runtime = kv_runtime(gated=hooks)
+        spec = service_spec(image="gated:fake", topology="redundant")
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                gate.held.add("rolecall-cache-2")
+                await supervisor.apply(evolve(spec, config={"maxmemory": "64mb"}))
+                await gate.started.wait()
+                runtime.crash(before.member("cache-1").container_id)
+                taken = await until(events, "failover")
+                gate.held.clear()
+                after = await converged(supervisor, events)
+
+        assert ("member_fenced", "cache-1") in event_kinds(taken)
+        assert taken[-1].member == "cache-2"
+        assert after.primary == "cache-2"
+        assert gate.runs["rolecall-cache-2"] >= 3  # prepare, cut short, again
 
     async def test_paused_failover_fences_and_waits_for_resume(self) -> None:
         """While paused, a lost primary is fenced and nobody promoted; resuming
