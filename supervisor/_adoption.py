@@ -73,19 +73,16 @@ class Adopting(Switching):
 
     __slots__ = ()
 
-    async def adopt(self) -> None:
-        """Take on the service's containers; see the module docs.
+    async def survey(self) -> list[tuple[ContainerInfo, str]]:
+        """The service's containers, each with its engine, checked against
+        the spec; reads only, so it may run before the claim is held.
 
         Raises:
             SpecError: They run another image than the spec names.
-            RolecallError: The engine could not list them; nothing was
-                adopted and no step may be planned yet.
+            RolecallError: The engine could not list them.
         """
-        record = self.journaled
-        listed = await self._list_everywhere(record)
-        containers = [info for info, _ in listed]
-        engines = {info.id: engine for info, engine in listed}
-        others = sorted({c.image for c in containers} - {self.spec.image})
+        listed = await self._list_everywhere(self.journaled)
+        others = sorted({info.image for info, _ in listed} - {self.spec.image})
         if others:
             raise SpecError(
                 f"service {self.spec.name!r} has containers of image"
@@ -95,6 +92,27 @@ class Adopting(Switching):
                 f" the service down first (`rolecall down {self.spec.name}`)",
                 service=self.spec.name,
             )
+
+        return listed
+
+    async def adopt(
+        self, listed: list[tuple[ContainerInfo, str]] | None = None
+    ) -> None:
+        """Take on the service's containers; see the module docs.
+
+        Args:
+            listed: What `survey` found, when it ran already.
+
+        Raises:
+            SpecError: They run another image than the spec names.
+            RolecallError: The engine could not list them; nothing was
+                adopted and no step may be planned yet.
+        """
+        record = self.journaled
+        if listed is None:
+            listed = await self.survey()
+        containers = [info for info, _ in listed]
+        engines = {info.id: engine for info, engine in listed}
 
         found = self._adoptable(containers)
         _refuse_to_guess(self.spec.name, found, record)

@@ -352,10 +352,15 @@ class ServiceController(Moving, Adopting, Configuring, Reporting, Claiming):
 
     async def _begin(self) -> None:
         self._settle()
+        listed = None
+        if not self.adopted and self.take_over:
+            # A take-over must not take a claim it cannot use: what runs is
+            # checked against the spec first (reading only).
+            listed = await self.survey()
         # The claim first: nothing of the service is touched before it.
         await self.hold_claim()
         if not self.adopted:
-            await self.adopt()
+            await self.adopt(listed)
 
     async def _hand_over(self, record: PassRecord) -> bool:
         """Run a switchover asked for, or a move's switch; whether one ran

@@ -30,7 +30,7 @@ from rolecall.supervisor import (
 )
 from rolecall.supervisor._claim import claim_service
 from rolecall.supervisor._identity import IDENTITY_FILE
-from rolecall.testing import FakeRuntime
+from rolecall.testing import FakeRuntime, fake_kv_image
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -306,6 +306,32 @@ class TestDownFindsNothing:
 
 class TestTakeOver:
     """A take-over moves the claim, and the containers with it."""
+
+    async def test_a_take_over_whose_spec_cannot_apply_keeps_the_claim(
+        self, tmp_path: Path
+    ) -> None:
+        """A take-over with a spec naming another image than the containers
+        run fails before the claim moves: the owner keeps managing it."""
+        runtime = kv_runtime(other=fake_kv_image())
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+            ) as first:
+                await first.apply(service_spec())
+                await first.wait_converged("cache")
+
+            async with (
+                open_supervisor(
+                    runtime, probe_interval=PROBE, state_dir=tmp_path / "b"
+                ) as second,
+                second.open_timeline() as events,
+            ):
+                await second.apply(service_spec(image="other:fake"), take_over=True)
+                failed = (await until(events, "step_failed"))[-1]
+            holder = ClaimOwner.read(await _claim(runtime))
+
+        assert "changing the image of a running service" in failed.detail
+        assert holder.id == _id_of(tmp_path / "a")
 
     async def test_a_take_over_adopts_and_the_old_owner_is_refused(
         self, tmp_path: Path
