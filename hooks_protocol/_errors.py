@@ -30,6 +30,7 @@ one ``except RolecallError`` to catch them all::
     ├── FailoverError               no member can safely become primary
     │   └── WriterUnknownError      stopped members no journal knows; none is chosen
     ├── ConvergenceTimeoutError     a service did not reach its desired state
+    ├── ServiceFailedError          supervision gave up on the service
     ├── ServiceClaimedError         another control plane manages the service
     └── StateError                  the control plane's state directory is unusable
         ├── StateCorruptError       a journal file is truncated or damaged
@@ -66,6 +67,7 @@ __all__ = [
     "ProtocolVersionError",
     "RolecallError",
     "ServiceClaimedError",
+    "ServiceFailedError",
     "SpecError",
     "StateCorruptError",
     "StateError",
@@ -394,6 +396,21 @@ class ConvergenceTimeoutError(RolecallError):
         self.service = service
         self.timeout = timeout
         self.last_error = last_error
+
+
+class ServiceFailedError(RolecallError):
+    """Supervision gave up on a service: no pass runs until it is applied
+    again (or taken up), so waiting for it to converge is pointless.
+
+    Attributes:
+        service: The service given up on.
+        reason: Why, as its ``service_failed`` event said.
+    """
+
+    def __init__(self, message: str, *, service: str, reason: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.reason = reason
 
 
 class ServiceClaimedError(RolecallError):

@@ -32,6 +32,7 @@ from rolecall.hooks_protocol import (
     ContainerGoneError,
     ConvergenceTimeoutError,
     RolecallError,
+    ServiceFailedError,
 )
 
 from ._adoption import Adopting
@@ -205,11 +206,22 @@ class ServiceController(Moving, Adopting, Configuring, Reporting, Claiming):
 
         Raises:
             ConvergenceTimeoutError: It did not converge in ``timeout`` s.
+            ServiceFailedError: Supervision gave up on it (another control
+                plane claims it, or it failed too often): no pass will run.
         """
         target = self.generation
         with anyio.move_on_after(timeout):
-            while self.converged_generation < target:
+            while self.converged_generation < target and self.failure is None:
                 await self.passed.wait()
+
+        if self.failure is not None:
+            raise ServiceFailedError(
+                f"service {self.spec.name!r} is failed: {self.failure}",
+                service=self.spec.name,
+                reason=self.failure,
+            )
+
+        if self.converged_generation >= target:
             return self.status()
 
         why = self.failure or self.last_error or "none"

@@ -20,7 +20,11 @@ from supervisor_support import (
 )
 
 from rolecall._inspect import remove_service
-from rolecall.hooks_protocol import ServiceClaimedError, StateCorruptError
+from rolecall.hooks_protocol import (
+    ServiceClaimedError,
+    ServiceFailedError,
+    StateCorruptError,
+)
 from rolecall.supervisor import (
     ClaimOwner,
     ControlPlaneIdentity,
@@ -306,6 +310,29 @@ class TestDownFindsNothing:
 
 class TestTakeOver:
     """A take-over moves the claim, and the containers with it."""
+
+    async def test_waiting_on_a_service_claimed_by_another_fails_at_once(
+        self, tmp_path: Path
+    ) -> None:
+        """wait_converged on a refused service raises ServiceFailedError as
+        soon as it is refused, not when its timeout runs out."""
+        runtime = kv_runtime()
+        with anyio.fail_after(LIMIT):
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "a"
+            ) as first:
+                await first.apply(service_spec())
+                await first.wait_converged("cache")
+
+            async with open_supervisor(
+                runtime, probe_interval=PROBE, state_dir=tmp_path / "b"
+            ) as second:
+                await second.apply(service_spec())
+                with pytest.raises(ServiceFailedError) as caught:
+                    await second.wait_converged("cache", timeout=100 * LIMIT)
+
+        assert caught.value.service == "cache"
+        assert _id_of(tmp_path / "a") in caught.value.reason
 
     async def test_a_take_over_whose_spec_cannot_apply_keeps_the_claim(
         self, tmp_path: Path
