@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 extras=${EXTRAS:-test,demo,bench}
 
-# debootstrap builds the example images' base without an image registry.
-scripts/apt-install.sh debootstrap ca-certificates
+# debootstrap builds the example images' base without an image registry;
+# the tests' second engine needs openssl (its certificates) and ip (its bridge).
+scripts/apt-install.sh debootstrap ca-certificates openssl iproute2
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
