@@ -424,15 +424,7 @@ class ServiceController(Moving, Adopting, Configuring, Reporting, Claiming):
             return
 
         self.see(member, info)
-        if self.acting is not None and self.acting_on != member.id:
-            self.event(
-                "steps_interrupted",
-                self.acting_on,
-                f"{member.id} was lost while steps ran; the next pass plans again",
-                lost=member.id,
-            )
-            self.acting.cancel()
-
+        self.interrupt_steps(member)
         self.wake(urgent=True)
 
     async def aclose(self, *, remove: bool) -> None:

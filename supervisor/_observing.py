@@ -351,6 +351,10 @@ class Observing(ControllerState):
         member.healthy = False
         self.converged_generation = -1
         self._writer_lost(member)
+        if member.is_writer:
+            # A replica's role hook may wait a minute for a sync from this
+            # writer: the failover must not wait behind it.
+            self.interrupt_steps(member)
         deadline = self.spec.supervision.unresponsive_after
         what = (
             "gave no answer"
@@ -366,6 +370,18 @@ class Observing(ControllerState):
             role=member.actor.role.value if member.actor.role else None,
         )
         self.wake(urgent=True)
+
+    def interrupt_steps(self, lost: Member) -> None:
+        """Cut short the steps a pass is running on other members: ``lost``
+        changes what they should be; the next pass plans again."""
+        if self.acting is not None and self.acting_on != lost.id:
+            self.event(
+                "steps_interrupted",
+                self.acting_on,
+                f"{lost.id} was lost while steps ran; the next pass plans again",
+                lost=lost.id,
+            )
+            self.acting.cancel()
 
     def _writer_lost(self, member: Member) -> None:
         if not member.is_writer or self.superseded(member):

@@ -701,6 +701,42 @@ class TestFailoverControl:
         assert after.primary == "cache-2"
         assert gate.runs["rolecall-cache-2"] >= 3  # prepare, cut short, again
 
+    async def test_an_unhealthy_writer_cuts_short_steps_on_others(self) -> None:
+        """A pass held by a hung configure on the replica is cut short when
+        the writer turns unhealthy past the deadline, so the failover runs
+        without waiting for that hook."""
+        gate = Gate()
+        sick: set[str] = set()
+        hooks = {
+            **fake_kv_image(),
+            HookName.CONFIGURE: gate.hook(HookName.CONFIGURE),
+            HookName.STATUS: _sick_status(sick),
+        }
+        runtime = kv_runtime(gated=hooks)
+        spec = service_spec(
+            image="gated:fake",
+            topology="redundant",
+            supervision={"unresponsive_after": 0.2},
+        )
+        with anyio.fail_after(LIMIT):
+            async with (
+                open_supervisor(runtime, probe_interval=PROBE) as supervisor,
+                supervisor.open_timeline() as events,
+            ):
+                await supervisor.apply(spec)
+                before = await converged(supervisor, events)
+                gate.held.add("rolecall-cache-2")
+                await supervisor.apply(evolve(spec, config={"maxmemory": "64mb"}))
+                await gate.started.wait()
+                sick.add(before.member("cache-1").container_id)
+                taken = await until(events, "failover")
+                gate.held.clear()
+                sick.clear()
+
+        kinds = event_kinds(taken)
+        assert ("steps_interrupted", "cache-2") in kinds
+        assert taken[-1].member == "cache-2"
+
     async def test_paused_failover_fences_and_waits_for_resume(self) -> None:
         """While paused, a lost primary is fenced and nobody promoted; resuming
         promotes the replica."""
