@@ -49,9 +49,6 @@ from rolecall.hooks_protocol import Role, RolecallError, SpecError, WriterUnknow
 
 from ._members import Member
 from ._naming import (
-    LABEL_CREATED_EPOCH,
-    LABEL_CREATED_ROLE,
-    LABEL_EXTRA,
     LABEL_MANAGED,
     LABEL_MEMBER,
     LABEL_NUMBER,
@@ -61,6 +58,7 @@ from ._naming import (
 from ._observing import is_running
 from ._service_record import MemberRecord, ServiceRecord
 from ._switchover import Switching
+from ._unknown_writer import refuse_to_guess
 
 __all__ = ["Adopting"]
 
@@ -115,7 +113,7 @@ class Adopting(Switching):
         engines = {info.id: engine for info, engine in listed}
 
         found = self._adoptable(containers)
-        _refuse_to_guess(self.spec.name, found, record)
+        refuse_to_guess(self.spec.name, found, record)
         if record is None:
             self._settle_where_found(
                 {member_id: engines[info.id] for member_id, info in found.items()}
@@ -409,51 +407,6 @@ class Adopting(Switching):
                 reason="no container and no unfinished step of the journal"
                 " claims them; they may hold data, so rolecall leaves them",
             )
-
-
-def _refuse_to_guess(
-    service: str, found: dict[str, ContainerInfo], record: ServiceRecord | None
-) -> None:
-    """Raise when several stopped members may each hold the newest data.
-
-    Raises:
-        WriterUnknownError: Two or more members that may take writes are
-            down, no record knows them, and none of the service runs.
-    """
-    known = record.members if record is not None else {}
-    topology = {m: i for m, i in found.items() if LABEL_EXTRA not in i.labels}
-    if any(is_running(info) for info in topology.values()):
-        return  # what runs says what it is; a stopped one is a lost member
-
-    unknown = [m for m in topology if m not in known]
-    if len(unknown) < 2:  # one alone holds the only copy: it is started
-        return
-
-    listed = "; ".join(_described(topology[m]) for m in unknown)
-    first = topology[unknown[0]].name
-    raise WriterUnknownError(
-        f"service {service!r} has {len(unknown)} stopped members that no"
-        f" journal record knows ({listed}), and none of it runs: any of them"
-        " may hold the newest data, and starting one as the writer would"
-        " have the others copy its data over theirs, so rolecall starts and"
-        " removes none of them. Choose the one to keep: remove the others'"
-        f" containers by hand (`docker rm {first}`, for example; their data"
-        " volumes stay until you remove them) and rolecall starts the one left"
-        " as the writer and makes new replicas from it; or start rolecall"
-        " again with the state directory that managed the service, whose"
-        " journal knows them",
-        service=service,
-        members=tuple(unknown),
-    )
-
-
-def _described(info: ContainerInfo) -> str:
-    role = info.labels.get(LABEL_CREATED_ROLE) or "no role"
-    epoch = info.labels.get(LABEL_CREATED_EPOCH, "?")
-    return (
-        f"{info.labels[LABEL_MEMBER]}: container {info.name}, created as {role}"
-        f" at epoch {epoch}, exit code {info.exit_code}"
-    )
 
 
 def _number(info: ContainerInfo) -> int:
