@@ -261,7 +261,7 @@ def _wait_until_answers(engine: SecondEngine, process: subprocess.Popen[bytes]) 
         with contextlib.suppress(SecondEngineError, subprocess.TimeoutExpired):
             engine.docker("version", "--format", "{{.Server.Version}}", timeout=5)
             return
-        time.sleep(0.2)
+        time.sleep(0.2)  # dockerd announces nothing: its API is polled
 
     log = (RUN_BASE / f"slot{engine.slot}.log").read_text(errors="replace")
     tail = "\n".join(log.splitlines()[-15:])

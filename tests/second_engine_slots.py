@@ -96,7 +96,7 @@ def _end_process(pidfile: Path, command: str) -> None:
     while time.monotonic() < deadline:
         if _pid_of(pidfile, command) != pid:
             return
-        time.sleep(0.1)
+        time.sleep(0.1)  # not our child: its exit is polled by pid file
 
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)

@@ -110,7 +110,7 @@ class _Writer:
             if client is None:
                 client = self._connect()
                 if client is None:
-                    await anyio.sleep(0.05)
+                    await anyio.sleep(0.05)  # paces reconnects during the switch
                     continue
 
             key = f"k{number}"
@@ -126,7 +126,7 @@ class _Writer:
             except (redis.exceptions.RedisError, OSError):
                 await client.aclose()
                 client = None
-                await anyio.sleep(0.02)
+                await anyio.sleep(0.02)  # paces retries of a refused write
 
         if client is not None:
             await client.aclose()
